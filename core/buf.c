@@ -1,0 +1,81 @@
+/* buf.c: bounded byte buffers and line splitting. */
+#include "buf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+void buf_init(buf_t *b, size_t max)
+{
+    b->data = NULL;
+    b->len = b->cap = 0;
+    b->max = max;
+}
+
+void buf_free(buf_t *b)
+{
+    if (b->data) {
+        /* Buffers hold credentials before login: leave nothing behind. */
+        volatile char *v = b->data;
+        for (size_t i = 0; i < b->cap; i++)
+            v[i] = 0;
+        free(b->data);
+    }
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+int buf_reserve(buf_t *b, size_t n)
+{
+    if (n > b->max - b->len)
+        return -1;
+    if (b->len + n <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + n)
+        cap *= 2;
+    if (cap > b->max)
+        cap = b->max;
+    char *d = realloc(b->data, cap);
+    if (!d)
+        return -1;
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+size_t buf_room(const buf_t *b)
+{
+    return b->max - b->len;
+}
+
+int buf_append(buf_t *b, const void *p, size_t n)
+{
+    if (buf_reserve(b, n) < 0)
+        return -1;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void buf_consume(buf_t *b, size_t n)
+{
+    if (n >= b->len) {
+        b->len = 0;
+        return;
+    }
+    memmove(b->data, b->data + n, b->len - n);
+    b->len -= n;
+}
+
+int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed)
+{
+    const char *lf = memchr(p, '\n', len);
+    if (!lf)
+        return 0;
+    size_t l = (size_t)(lf - p);
+    *consumed = l + 1;
+    if (l > 0 && p[l - 1] == '\r')
+        l--;
+    *line_len = l;
+    return 1;
+}

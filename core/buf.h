@@ -1,0 +1,26 @@
+/* buf.h: a byte buffer with a hard size limit. Every protocol buffer in
+ * postern is one of these, so no input can make memory grow unbounded. */
+#ifndef POSTERN_BUF_H
+#define POSTERN_BUF_H
+
+#include <stddef.h>
+
+typedef struct buf {
+    char *data;
+    size_t len;   /* bytes held */
+    size_t cap;   /* bytes allocated */
+    size_t max;   /* never grows past this */
+} buf_t;
+
+void buf_init(buf_t *b, size_t max);
+void buf_free(buf_t *b);                           /* wipes the bytes first */
+int buf_append(buf_t *b, const void *p, size_t n); /* 0, or -1 past max */
+int buf_reserve(buf_t *b, size_t n);               /* room for n more; -1 past max */
+size_t buf_room(const buf_t *b);                   /* bytes that may still be added */
+void buf_consume(buf_t *b, size_t n);              /* drop n bytes from the front */
+
+/* Finds the first line in p[0..len): returns 1 and sets *line_len (without
+ * CRLF or bare LF) and *consumed (with it), or 0 when no LF is there yet. */
+int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed);
+
+#endif

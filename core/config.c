@@ -1,0 +1,470 @@
+/* config.c: loads proxy.conf.lua in a throw-away Lua state and copies it,
+ * checked key by key, into a config_t. The first problem found is
+ * reported as "file: key.path: what is wrong". */
+#include "config.h"
+
+#include "log.h"
+#include "proto.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct check {
+    lua_State *L;
+    char *err;
+    size_t errlen;
+    const char *file;
+    int failed;
+} check_t;
+
+static int fail(check_t *c, const char *path, const char *fmt, ...)
+{
+    if (c->failed++)
+        return -1;
+    int n = snprintf(c->err, c->errlen, "%s: %s: ", c->file, path);
+    if (n < 0 || (size_t)n >= c->errlen)
+        return -1;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->err + n, c->errlen - n, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Every key of the table at the top must be one of `known`. */
+static int check_keys(check_t *c, const char *path, const char *const *known)
+{
+    lua_pushnil(c->L);
+    while (lua_next(c->L, -2)) {
+        lua_pop(c->L, 1);
+        char kp[256];
+        if (lua_type(c->L, -1) != LUA_TSTRING) {
+            lua_pop(c->L, 1);
+            return fail(c, path[0] ? path : "(top)", "keys must be names");
+        }
+        const char *k = lua_tostring(c->L, -1);
+        int ok = 0;
+        for (const char *const *p = known; *p; p++)
+            if (strcmp(*p, k) == 0)
+                ok = 1;
+        if (!ok) {
+            snprintf(kp, sizeof kp, "%s%s%s", path, path[0] ? "." : "", k);
+            lua_pop(c->L, 1);
+            return fail(c, kp, "unknown key");
+        }
+    }
+    return 0;
+}
+
+/* Pushes t[key] and returns its type; the path of the value goes to kp. */
+static int get_field(check_t *c, const char *path, const char *key, char *kp, size_t kplen)
+{
+    snprintf(kp, kplen, "%s%s%s", path, path[0] ? "." : "", key);
+    lua_getfield(c->L, -1, key);
+    return lua_type(c->L, -1);
+}
+
+static int opt_string(check_t *c, const char *path, const char *key, char **out)
+{
+    char kp[256];
+    int t = get_field(c, path, key, kp, sizeof kp);
+    int rc = 0;
+    if (t == LUA_TSTRING) {
+        free(*out);
+        *out = strdup(lua_tostring(c->L, -1));
+    } else if (t != LUA_TNIL) {
+        rc = fail(c, kp, "expected a string, got %s", lua_typename(c->L, t));
+    }
+    lua_pop(c->L, 1);
+    return rc;
+}
+
+static int opt_number(check_t *c, const char *path, const char *key, double *out, double min, double max)
+{
+    char kp[256];
+    int t = get_field(c, path, key, kp, sizeof kp);
+    int rc = 0;
+    if (t == LUA_TNUMBER) {
+        double v = lua_tonumber(c->L, -1);
+        if (v < min || v > max)
+            rc = fail(c, kp, "must be between %g and %g", min, max);
+        else
+            *out = v;
+    } else if (t != LUA_TNIL) {
+        rc = fail(c, kp, "expected a number, got %s", lua_typename(c->L, t));
+    }
+    lua_pop(c->L, 1);
+    return rc;
+}
+
+static int opt_int(check_t *c, const char *path, const char *key, int *out, int min, int max)
+{
+    double v = *out;
+    if (opt_number(c, path, key, &v, min, max) < 0)
+        return -1;
+    if (v != (int)v) {
+        char kp[256];
+        snprintf(kp, sizeof kp, "%s%s%s", path, path[0] ? "." : "", key);
+        return fail(c, kp, "must be a whole number");
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int opt_bool(check_t *c, const char *path, const char *key, bool *out)
+{
+    char kp[256];
+    int t = get_field(c, path, key, kp, sizeof kp);
+    int rc = 0;
+    if (t == LUA_TBOOLEAN)
+        *out = lua_toboolean(c->L, -1);
+    else if (t != LUA_TNIL)
+        rc = fail(c, kp, "expected true or false, got %s", lua_typename(c->L, t));
+    lua_pop(c->L, 1);
+    return rc;
+}
+
+/* A list of words, given as an array of strings or one space-separated
+ * string; returned joined by single spaces, or NULL when absent. */
+static int opt_words(check_t *c, const char *path, const char *key, char **out)
+{
+    char kp[256];
+    int t = get_field(c, path, key, kp, sizeof kp);
+    int rc = 0;
+    if (t == LUA_TSTRING) {
+        *out = strdup(lua_tostring(c->L, -1));
+    } else if (t == LUA_TTABLE) {
+        lua_State *L = c->L;
+        int n = (int)lua_objlen(L, -1);
+        size_t total = 1;
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            int bad = lua_type(L, -1) != LUA_TSTRING;
+            total += lua_objlen(L, -1) + 1;
+            lua_pop(L, 1);
+            if (bad) {
+                char ip[300];
+                snprintf(ip, sizeof ip, "%s[%d]", kp, i);
+                rc = fail(c, ip, "expected a string");
+                break;
+            }
+        }
+        if (rc == 0) {
+            char *s = calloc(1, total);
+            for (int i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                if (i > 1)
+                    strcat(s, " ");
+                strcat(s, lua_tostring(L, -1));
+                lua_pop(L, 1);
+            }
+            *out = s;
+        }
+    } else if (t != LUA_TNIL) {
+        rc = fail(c, kp, "expected a list of strings, got %s", lua_typename(c->L, t));
+    }
+    lua_pop(c->L, 1);
+    return rc;
+}
+
+static int parse_address(const char *a, struct sockaddr_storage *ss, int *port)
+{
+    char host[128];
+    const char *colon = strrchr(a, ':');
+    const char *ps = colon ? colon + 1 : a;
+    char *end;
+    long p = strtol(ps, &end, 10);
+    if (*ps == '\0' || *end != '\0' || p < 1 || p > 65535)
+        return -1;
+    *port = (int)p;
+    size_t hl = colon ? (size_t)(colon - a) : 0;
+    if (hl >= sizeof host)
+        return -1;
+    memcpy(host, a, hl);
+    host[hl] = '\0';
+    memset(ss, 0, sizeof *ss);
+    if (hl == 0 || strcmp(host, "*") == 0)
+        strcpy(host, "0.0.0.0");
+    if (host[0] == '[') {
+        size_t l = strlen(host);
+        if (l < 3 || host[l - 1] != ']')
+            return -1;
+        host[l - 1] = '\0';
+        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)p);
+        return inet_pton(AF_INET6, host + 1, &s6->sin6_addr) == 1 ? 0 : -1;
+    }
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons((uint16_t)p);
+    return inet_pton(AF_INET, host, &s4->sin_addr) == 1 ? 0 : -1;
+}
+
+static const struct { const char *name; unsigned bit; } auth_names[] = {
+    { "login", AUTH_LOGIN }, { "plain", AUTH_PLAIN }, { "cram-md5", AUTH_CRAM_MD5 },
+    { "external", AUTH_EXTERNAL }, { "user", AUTH_USER }, { "apop", AUTH_APOP },
+    { "none", AUTH_NONE },
+};
+
+static int read_listener(check_t *c, config_t *cfg, int i, const char *global_caps)
+{
+    static const char *const keys[] = { "address", "protocol", "auth", "starttls", "tls",
+                                        "xclient", "capabilities", NULL };
+    lua_State *L = c->L;
+    listen_conf_t *l = &cfg->listen[i];
+    char path[64], kp[256];
+    snprintf(path, sizeof path, "listen[%d]", i + 1);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return fail(c, path, "expected a table like { address = \"127.0.0.1:1143\" }");
+    if (check_keys(c, path, keys) < 0)
+        return -1;
+    if (opt_string(c, path, "address", &l->address) < 0)
+        return -1;
+    snprintf(kp, sizeof kp, "%s.address", path);
+    if (!l->address)
+        return fail(c, kp, "missing (e.g. \"127.0.0.1:1143\")");
+    int port;
+    if (parse_address(l->address, &l->addr, &port) < 0)
+        return fail(c, kp, "\"%s\" is not ADDRESS:PORT with a numeric address", l->address);
+    for (int j = 0; j < i; j++)
+        if (strcmp(cfg->listen[j].address, l->address) == 0)
+            return fail(c, kp, "\"%s\" is also listen[%d]", l->address, j + 1);
+
+    char *proto = NULL;
+    if (opt_string(c, path, "protocol", &proto) < 0)
+        return -1;
+    snprintf(kp, sizeof kp, "%s.protocol", path);
+    if (proto) {
+        l->proto = proto_find(proto);
+        if (!l->proto) {
+            int rc = fail(c, kp, "\"%s\" is not a protocol this build speaks (imap)", proto);
+            free(proto);
+            return rc;
+        }
+        free(proto);
+    } else {
+        l->proto = proto_for_port(port);
+        if (!l->proto)
+            return fail(c, kp, "missing, and port %d does not imply one", port);
+    }
+
+    lua_getfield(L, -1, "auth");
+    snprintf(kp, sizeof kp, "%s.auth", path);
+    if (lua_isnil(L, -1)) {
+        l->auth = l->proto->default_auth;
+    } else if (lua_type(L, -1) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return fail(c, kp, "expected a list such as { \"plain\", \"login\" }");
+    } else {
+        int n = (int)lua_objlen(L, -1);
+        for (int k = 1; k <= n; k++) {
+            lua_rawgeti(L, -1, k);
+            const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+            unsigned bit = 0;
+            for (size_t a = 0; a < sizeof auth_names / sizeof *auth_names; a++)
+                if (strcmp(auth_names[a].name, m) == 0)
+                    bit = auth_names[a].bit;
+            lua_pop(L, 1);
+            if (!(bit & l->proto->allowed_auth)) {
+                lua_pop(L, 1);
+                char ip[300];
+                snprintf(ip, sizeof ip, "%s[%d]", kp, k);
+                return fail(c, ip, "\"%s\" is not a mechanism %s offers here", m, l->proto->name);
+            }
+            l->auth |= bit;
+        }
+    }
+    lua_pop(L, 1);
+
+    char *starttls = NULL;
+    if (opt_string(c, path, "starttls", &starttls) < 0)
+        return -1;
+    if (starttls) {
+        snprintf(kp, sizeof kp, "%s.starttls", path);
+        int bad = strcmp(starttls, "off") != 0 && strcmp(starttls, "on") != 0 && strcmp(starttls, "only") != 0;
+        int on = strcmp(starttls, "off") != 0;
+        free(starttls);
+        if (bad)
+            return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
+        if (on)
+            return fail(c, kp, "STARTTLS is not available in this build yet");
+    }
+    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "xclient", &l->xclient) < 0)
+        return -1;
+    if (l->tls) {
+        snprintf(kp, sizeof kp, "%s.tls", path);
+        return fail(c, kp, "TLS listeners are not available in this build yet");
+    }
+    char *caps = NULL;
+    if (opt_words(c, path, "capabilities", &caps) < 0)
+        return -1;
+    l->capabilities = l->proto->capabilities(caps ? caps : global_caps, l->auth);
+    free(caps);
+    return 0;
+}
+
+static int read_config(check_t *c, config_t *cfg)
+{
+    static const char *const keys[] = {
+        "server_name", "policy", "log_level", "error_log", "pidfile", "proxy_pass_error_message",
+        "timeout", "proxy_timeout", "connect_timeout", "auth_timeout", "max_errors",
+        "max_login_attempts", "client_buffer", "proxy_buffer", "imap_capabilities", "tls",
+        "listen", NULL };
+    lua_State *L = c->L;
+    if (check_keys(c, "", keys) < 0)
+        return -1;
+    char *level = NULL;
+    double cb = (double)cfg->client_buffer, pb = (double)cfg->proxy_buffer;
+    if (opt_string(c, "", "server_name", &cfg->server_name) < 0 ||
+        opt_string(c, "", "policy", &cfg->policy) < 0 ||
+        opt_string(c, "", "log_level", &level) < 0 ||
+        opt_string(c, "", "error_log", &cfg->error_log) < 0 ||
+        opt_string(c, "", "pidfile", &cfg->pidfile) < 0 ||
+        opt_bool(c, "", "proxy_pass_error_message", &cfg->proxy_pass_error_message) < 0 ||
+        opt_number(c, "", "timeout", &cfg->timeout, 0.1, 86400 * 7) < 0 ||
+        opt_number(c, "", "proxy_timeout", &cfg->proxy_timeout, 0.1, 86400 * 7) < 0 ||
+        opt_number(c, "", "connect_timeout", &cfg->connect_timeout, 0.1, 3600) < 0 ||
+        opt_number(c, "", "auth_timeout", &cfg->auth_timeout, 0.1, 3600) < 0 ||
+        opt_int(c, "", "max_errors", &cfg->max_errors, 1, 1000) < 0 ||
+        opt_int(c, "", "max_login_attempts", &cfg->max_login_attempts, 1, 1000) < 0 ||
+        opt_number(c, "", "client_buffer", &cb, 1024, 16 * 1024 * 1024) < 0 ||
+        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0) {
+        free(level);
+        return -1;
+    }
+    cfg->client_buffer = (size_t)cb;
+    cfg->proxy_buffer = (size_t)pb;
+    if (level) {
+        cfg->log_level = log_level_parse(level);
+        free(level);
+        if (cfg->log_level < 0)
+            return fail(c, "log_level", "must be \"error\", \"warn\", \"info\" or \"debug\"");
+    }
+    if (!cfg->policy)
+        return fail(c, "policy", "missing (the Lua policy file, e.g. \"scripts/static_users.lua\")");
+    char *p = config_path(cfg, cfg->policy);
+    free(cfg->policy);
+    cfg->policy = p;
+    if (access(cfg->policy, R_OK) != 0)
+        return fail(c, "policy", "cannot read \"%s\"", cfg->policy);
+    if (cfg->error_log && strcmp(cfg->error_log, "stderr") != 0) {
+        p = config_path(cfg, cfg->error_log);
+        free(cfg->error_log);
+        cfg->error_log = p;
+    }
+    if (cfg->pidfile) {
+        p = config_path(cfg, cfg->pidfile);
+        free(cfg->pidfile);
+        cfg->pidfile = p;
+    }
+
+    lua_getfield(L, -1, "tls");
+    if (!lua_isnil(L, -1)) {
+        static const char *const tkeys[] = { "certificate", "key", "certificates", NULL };
+        if (lua_type(L, -1) != LUA_TTABLE || check_keys(c, "tls", tkeys) < 0) {
+            lua_pop(L, 1);
+            return fail(c, "tls", "expected a table with certificate, key, certificates");
+        }
+    }
+    lua_pop(L, 1);
+
+    char *global_caps = NULL;
+    if (opt_words(c, "", "imap_capabilities", &global_caps) < 0)
+        return -1;
+    lua_getfield(L, -1, "listen");
+    int rc = 0;
+    if (lua_type(L, -1) != LUA_TTABLE || lua_objlen(L, -1) == 0) {
+        rc = fail(c, "listen", "expected a list of listeners, e.g. { { address = \"127.0.0.1:1143\", protocol = \"imap\" } }");
+    } else {
+        cfg->nlisten = (int)lua_objlen(L, -1);
+        cfg->listen = calloc(cfg->nlisten, sizeof *cfg->listen);
+        for (int i = 0; i < cfg->nlisten && rc == 0; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            rc = read_listener(c, cfg, i, global_caps);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    free(global_caps);
+    return rc;
+}
+
+char *config_path(const config_t *cfg, const char *p)
+{
+    if (p[0] == '/' || !cfg->dir || strcmp(cfg->dir, ".") == 0)
+        return strdup(p);
+    size_t n = strlen(cfg->dir) + strlen(p) + 2;
+    char *r = malloc(n);
+    snprintf(r, n, "%s/%s", cfg->dir, p);
+    return r;
+}
+
+config_t *config_load(const char *path, char *err, size_t errlen)
+{
+    config_t *cfg = calloc(1, sizeof *cfg);
+    cfg->path = strdup(path);
+    const char *slash = strrchr(path, '/');
+    cfg->dir = slash ? strndup(path, (size_t)(slash - path) ? (size_t)(slash - path) : 1) : strdup(".");
+    cfg->log_level = LL_INFO;
+    cfg->proxy_pass_error_message = true;
+    cfg->timeout = 60;
+    cfg->proxy_timeout = 600;
+    cfg->connect_timeout = 10;
+    cfg->auth_timeout = 30;
+    cfg->max_errors = 5;
+    cfg->max_login_attempts = 5;
+    cfg->client_buffer = 16384;
+    cfg->proxy_buffer = 16384;
+
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    check_t c = { L, err, errlen, path, 0 };
+    if (luaL_loadfile(L, path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto bad;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        snprintf(err, errlen, "%s: must return a table (return { listen = ..., policy = ... })", path);
+        goto bad;
+    }
+    if (read_config(&c, cfg) < 0)
+        goto bad;
+    if (!cfg->server_name) {
+        char host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        cfg->server_name = strdup(host);
+    }
+    lua_close(L);
+    return cfg;
+bad:
+    lua_close(L);
+    config_free(cfg);
+    return NULL;
+}
+
+void config_free(config_t *cfg)
+{
+    if (!cfg)
+        return;
+    for (int i = 0; i < cfg->nlisten; i++) {
+        free(cfg->listen[i].address);
+        free(cfg->listen[i].capabilities);
+    }
+    free(cfg->listen);
+    free(cfg->path);
+    free(cfg->dir);
+    free(cfg->server_name);
+    free(cfg->policy);
+    free(cfg->error_log);
+    free(cfg->pidfile);
+    free(cfg);
+}

@@ -1,0 +1,59 @@
+/* config.h: proxy.conf.lua, loaded and checked into plain C structs.
+ * Unknown keys and bad values are errors that name the key path. */
+#ifndef POSTERN_CONFIG_H
+#define POSTERN_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
+
+struct proto;
+
+/* SASL mechanisms a listener may offer (the listener's `auth` list). */
+enum {
+    AUTH_LOGIN = 1 << 0,
+    AUTH_PLAIN = 1 << 1,
+    AUTH_CRAM_MD5 = 1 << 2,
+    AUTH_EXTERNAL = 1 << 3,
+    AUTH_USER = 1 << 4, /* POP3 USER/PASS */
+    AUTH_APOP = 1 << 5,
+    AUTH_NONE = 1 << 6, /* SMTP without AUTH */
+};
+
+typedef struct listen_conf {
+    char *address;                 /* as written, for logs */
+    struct sockaddr_storage addr;
+    const struct proto *proto;
+    unsigned auth;                 /* AUTH_* mask */
+    int starttls;                  /* 0 off, 1 on, 2 only */
+    bool tls;
+    bool xclient;
+    char *capabilities;            /* the full pre-auth capability string */
+} listen_conf_t;
+
+typedef struct config {
+    char *path;                    /* the configuration file */
+    char *dir;                     /* its directory: relative paths start here */
+    char *server_name;
+    char *policy;                  /* absolute or relative to cwd */
+    int log_level;
+    char *error_log;
+    char *pidfile;
+    bool proxy_pass_error_message;
+    double timeout, proxy_timeout, connect_timeout, auth_timeout;
+    int max_errors;
+    int max_login_attempts;
+    size_t client_buffer;          /* pre-auth command + literal limit */
+    size_t proxy_buffer;           /* relay buffer per direction */
+    listen_conf_t *listen;
+    int nlisten;
+} config_t;
+
+/* Returns NULL and a message in err ("file: key.path: problem"). */
+config_t *config_load(const char *path, char *err, size_t errlen);
+void config_free(config_t *cfg);
+
+/* Resolves a path from the configuration against its directory (malloc'd). */
+char *config_path(const config_t *cfg, const char *p);
+
+#endif

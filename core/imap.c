@@ -1,0 +1,670 @@
+/* imap.c: IMAP4rev1/rev2 as a proxy needs it. The client side answers
+ * the not-authenticated state (CAPABILITY, NOOP, LOGOUT, ID, LOGIN,
+ * AUTHENTICATE PLAIN/LOGIN with SASL-IR); the upstream side logs in to
+ * the chosen server with LOGIN or AUTHENTICATE PLAIN, then hands the
+ * server's tagged OK to the client under the client's tag. */
+#include "proto.h"
+
+#include "config.h"
+#include "imap_parse.h"
+#include "log.h"
+#include "sasl.h"
+#include "session.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define IMAP_MAX_CRED 1024       /* user names and passwords */
+#define IMAP_MAX_ID_PAIRS 30     /* RFC 2971 */
+#define IMAP_FWD_MAX (16 * 1024) /* untagged upstream lines passed on at login */
+
+enum { C_COMMAND, C_AUTH_PLAIN, C_AUTH_LOGIN_USER, C_AUTH_LOGIN_PASS };
+enum { U_GREETING, U_CAPABILITY, U_LOGIN };
+enum { CAP_LITERALPLUS = 1, CAP_SASL_IR = 2, CAP_AUTH_PLAIN = 4, CAP_LOGINDISABLED = 8 };
+
+typedef struct imap_state {
+    int state;
+    char tag[IMAP_MAX_TAG + 1];
+    int lit_acked;               /* "+" already sent for this many literals */
+    char *id_params;             /* the client's ID list, kept for the upstream */
+
+    int ustate;
+    unsigned ucaps;
+    char *pending[3];            /* login pieces, each sent after a "+" */
+    int npending, next_pending;
+    buf_t fwd;                   /* untagged login replies for the client */
+} imap_state_t;
+
+static imap_state_t *st_of(session_t *s)
+{
+    return s->pstate;
+}
+
+static void free_pending(imap_state_t *st)
+{
+    for (int i = 0; i < st->npending; i++) {
+        explicit_bzero(st->pending[i], strlen(st->pending[i]));
+        free(st->pending[i]);
+    }
+    st->npending = st->next_pending = 0;
+}
+
+static void imap_cleanup(session_t *s)
+{
+    imap_state_t *st = st_of(s);
+    free(st->id_params);
+    free_pending(st);
+    buf_free(&st->fwd);
+}
+
+/* ---- capabilities ---- */
+
+static int has_word(const char *list, const char *w)
+{
+    size_t wl = strlen(w);
+    for (const char *p = list; p && *p;) {
+        while (*p == ' ')
+            p++;
+        const char *e = strchr(p, ' ');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == wl && strncasecmp(p, w, l) == 0)
+            return 1;
+        p += l;
+    }
+    return 0;
+}
+
+static char *imap_capabilities(const char *configured, unsigned auth)
+{
+    const char *base = configured ? configured : "IMAP4rev1";
+    static const char *const always[] = { "SASL-IR", "LITERAL+", "ID", NULL };
+    size_t n = strlen(base) + 128;
+    char *caps = malloc(n);
+    snprintf(caps, n, "%s", base);
+    for (const char *const *w = always; *w; w++)
+        if (!has_word(caps, *w))
+            strcat(strcat(caps, " "), *w);
+    if ((auth & AUTH_PLAIN) && !has_word(caps, "AUTH=PLAIN"))
+        strcat(caps, " AUTH=PLAIN");
+    if ((auth & AUTH_LOGIN) && !has_word(caps, "AUTH=LOGIN"))
+        strcat(caps, " AUTH=LOGIN");
+    return caps;
+}
+
+/* ---- replies ---- */
+
+static void reply(session_t *s, const char *status, const char *text)
+{
+    imap_state_t *st = st_of(s);
+    session_printf(s, "%s %s %s\r\n", st->tag[0] ? st->tag : "*", status, text);
+}
+
+static void imap_bye(session_t *s, const char *why)
+{
+    session_printf(s, "* BYE %s\r\n", why);
+}
+
+static void imap_start(session_t *s)
+{
+    session_printf(s, "* OK [CAPABILITY %s] %s ready\r\n", s->listener->capabilities, s->cfg->server_name);
+}
+
+static void imap_auth_refused(session_t *s, const refusal_t *r)
+{
+    imap_state_t *st = st_of(s);
+    const char *code = r->temporary ? "[UNAVAILABLE] " : "[AUTHENTICATIONFAILED] ";
+    const char *msg = r->message;
+    if (!msg)
+        msg = r->temporary ? "Temporary authentication failure, try again later" : "Authentication failed";
+    if (msg[0] == '[') /* the policy chose its own response code */
+        code = "";
+    session_printf(s, "%s NO %s%s\r\n", st->tag, code, msg);
+    st->state = C_COMMAND;
+}
+
+/* ---- client commands ---- */
+
+static int copy_string_arg(const char *buf, const imap_arg_t *a, char *out, size_t outlen)
+{
+    if (a->type != IMAP_ARG_ATOM && a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL)
+        return -1;
+    long n = imap_arg_copy(buf, a, out, outlen);
+    if (n < 0 || !sasl_safe_credential(out, (size_t)n))
+        return -1;
+    return 0;
+}
+
+static void begin_auth(session_t *s, const char *mech, char *user, char *pass, char *authzid)
+{
+    session_reset_credentials(s);
+    s->cred.user = user;
+    s->cred.password = pass;
+    s->cred.authzid = authzid;
+    s->cred.mechanism = mech;
+    st_of(s)->state = C_COMMAND;
+    session_authenticate(s);
+}
+
+static void cmd_login(session_t *s, const char *buf, const imap_command_t *cmd)
+{
+    char user[IMAP_MAX_CRED + 1], pass[IMAP_MAX_CRED + 1];
+    if (cmd->nargs != 2 || copy_string_arg(buf, &cmd->args[0], user, sizeof user) < 0 ||
+        copy_string_arg(buf, &cmd->args[1], pass, sizeof pass) < 0 || !user[0]) {
+        reply(s, "BAD", "Syntax: LOGIN user password");
+        explicit_bzero(pass, sizeof pass);
+        session_error(s);
+        return;
+    }
+    /* nginx calls the LOGIN command's method "plain" (Auth-Method). */
+    begin_auth(s, "plain", strdup(user), strdup(pass), NULL);
+    explicit_bzero(pass, sizeof pass);
+}
+
+/* A decoded SASL message from the client (continuation or SASL-IR). */
+static void auth_step(session_t *s, const char *b64, size_t len)
+{
+    imap_state_t *st = st_of(s);
+    if (len == 1 && b64[0] == '*') {
+        st->state = C_COMMAND;
+        reply(s, "BAD", "Authentication cancelled");
+        return;
+    }
+    size_t n;
+    char *msg = sasl_b64_decode(b64, len, &n);
+    if (!msg) {
+        st->state = C_COMMAND;
+        reply(s, "BAD", "Invalid base64 data");
+        session_error(s);
+        return;
+    }
+    if (st->state == C_AUTH_PLAIN) {
+        const char *authzid, *authcid, *passwd;
+        if (sasl_plain_split(msg, n, &authzid, &authcid, &passwd) < 0 ||
+            !sasl_safe_credential(authcid, strlen(authcid)) ||
+            !sasl_safe_credential(passwd, n - (size_t)(passwd - msg)) || strlen(authcid) > IMAP_MAX_CRED ||
+            strlen(passwd) > IMAP_MAX_CRED) {
+            st->state = C_COMMAND;
+            reply(s, "BAD", "Invalid PLAIN message");
+            session_error(s);
+        } else {
+            begin_auth(s, "plain", strdup(authcid), strdup(passwd), authzid[0] ? strdup(authzid) : NULL);
+        }
+    } else if (!sasl_safe_credential(msg, n) || n > IMAP_MAX_CRED || (st->state == C_AUTH_LOGIN_USER && n == 0)) {
+        st->state = C_COMMAND;
+        reply(s, "BAD", "Invalid user name or password");
+        session_error(s);
+    } else if (st->state == C_AUTH_LOGIN_USER) {
+        session_reset_credentials(s);
+        s->cred.user = strdup(msg);
+        st->state = C_AUTH_LOGIN_PASS;
+        session_printf(s, "+ UGFzc3dvcmQ6\r\n");
+    } else {
+        char *user = s->cred.user;
+        s->cred.user = NULL;
+        begin_auth(s, "login", user, strdup(msg), NULL);
+    }
+    explicit_bzero(msg, n);
+    free(msg);
+}
+
+static void cmd_authenticate(session_t *s, const char *buf, const imap_command_t *cmd)
+{
+    imap_state_t *st = st_of(s);
+    if (cmd->nargs < 1 || cmd->nargs > 2 || cmd->args[0].type != IMAP_ARG_ATOM ||
+        (cmd->nargs == 2 && cmd->args[1].type != IMAP_ARG_ATOM)) {
+        reply(s, "BAD", "Syntax: AUTHENTICATE mechanism [initial-response]");
+        session_error(s);
+        return;
+    }
+    unsigned auth = s->listener->auth;
+    if (imap_arg_is(buf, &cmd->args[0], "PLAIN") && (auth & AUTH_PLAIN)) {
+        st->state = C_AUTH_PLAIN;
+    } else if (imap_arg_is(buf, &cmd->args[0], "LOGIN") && (auth & AUTH_LOGIN)) {
+        st->state = C_AUTH_LOGIN_USER;
+    } else {
+        reply(s, "NO", "Unsupported authentication mechanism");
+        return;
+    }
+    if (cmd->nargs == 2) {
+        auth_step(s, buf + cmd->args[1].off, cmd->args[1].len);
+        return;
+    }
+    session_printf(s, st->state == C_AUTH_PLAIN ? "+ \r\n" : "+ VXNlcm5hbWU6\r\n");
+}
+
+/* ID ( "name" "value" ... ) or ID NIL (RFC 2971). Answered here; the
+ * client's list is kept so it can be passed to the upstream. */
+static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
+{
+    imap_state_t *st = st_of(s);
+    int ok = cmd->nargs == 1 && imap_arg_is(buf, &cmd->args[0], "NIL");
+    if (!ok && cmd->nargs >= 2 && cmd->args[0].type == IMAP_ARG_LPAREN &&
+        cmd->args[cmd->nargs - 1].type == IMAP_ARG_RPAREN && (cmd->nargs - 2) % 2 == 0 &&
+        (cmd->nargs - 2) / 2 <= IMAP_MAX_ID_PAIRS) {
+        ok = 1;
+        size_t size = 3;
+        for (int i = 1; i < cmd->nargs - 1; i++) {
+            const imap_arg_t *a = &cmd->args[i];
+            int is_nil = imap_arg_is(buf, a, "NIL") && i % 2 == 0;
+            if (a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL && !is_nil)
+                ok = 0;
+            size += a->len * 2 + 3;
+        }
+        if (ok) {
+            char *list = malloc(size), *p = list;
+            *p++ = '(';
+            for (int i = 1; i < cmd->nargs - 1; i++) {
+                const imap_arg_t *a = &cmd->args[i];
+                if (i > 1)
+                    *p++ = ' ';
+                if (a->type == IMAP_ARG_ATOM) {
+                    memcpy(p, "NIL", 3);
+                    p += 3;
+                    continue;
+                }
+                char v[1100];
+                long n = imap_arg_copy(buf, a, v, sizeof v);
+                *p++ = '"';
+                for (long k = 0; k < n && n > 0; k++) {
+                    if (v[k] == '\r' || v[k] == '\n')
+                        continue;
+                    if (v[k] == '"' || v[k] == '\\')
+                        *p++ = '\\';
+                    *p++ = v[k];
+                }
+                *p++ = '"';
+            }
+            *p++ = ')';
+            *p = '\0';
+            free(st->id_params);
+            st->id_params = list;
+        }
+    }
+    if (!ok) {
+        reply(s, "BAD", "Syntax: ID ( \"field\" \"value\" ... ) or ID NIL");
+        session_error(s);
+        return;
+    }
+    session_printf(s, "* ID (\"name\" \"postern\" \"version\" \"%s\")\r\n", POSTERN_VERSION);
+    reply(s, "OK", "ID completed");
+}
+
+static void dispatch(session_t *s, const char *buf, const imap_command_t *cmd)
+{
+    const char *name = buf + cmd->name_off;
+    size_t nl = cmd->name_len;
+#define IS(w) (nl == sizeof(w) - 1 && strncasecmp(name, w, nl) == 0)
+    if (IS("LOGIN")) {
+        cmd_login(s, buf, cmd);
+    } else if (IS("AUTHENTICATE")) {
+        cmd_authenticate(s, buf, cmd);
+    } else if (IS("CAPABILITY") && cmd->nargs == 0) {
+        session_printf(s, "* CAPABILITY %s\r\n", s->listener->capabilities);
+        reply(s, "OK", "CAPABILITY completed");
+    } else if (IS("NOOP") && cmd->nargs == 0) {
+        reply(s, "OK", "NOOP completed");
+    } else if (IS("LOGOUT") && cmd->nargs == 0) {
+        imap_bye(s, "Logging out");
+        reply(s, "OK", "LOGOUT completed");
+        s->close_reason = "client logged out";
+        session_quit(s);
+    } else if (IS("ID")) {
+        cmd_id(s, buf, cmd);
+    } else if (IS("STARTTLS")) {
+        reply(s, "BAD", "STARTTLS is not available on this port");
+    } else if (IS("CAPABILITY") || IS("NOOP") || IS("LOGOUT")) {
+        reply(s, "BAD", "This command takes no arguments");
+        session_error(s);
+    } else {
+        reply(s, "BAD", "Unknown command or not allowed before login");
+        session_error(s);
+    }
+#undef IS
+}
+
+static void too_long(session_t *s)
+{
+    session_log(s, LL_INFO, "client sent too long command");
+    s->close_reason = "too long command";
+    session_printf(s, "* BAD Command line too long\r\n");
+    session_quit(s);
+}
+
+static void imap_client_input(session_t *s)
+{
+    imap_state_t *st = st_of(s);
+    while (s->phase == PHASE_PREAUTH && !s->quit && !session_output_blocked(s) && s->cin.len > 0) {
+        if (st->state != C_COMMAND) {
+            size_t ll, used;
+            if (!buf_find_line(s->cin.data, s->cin.len, &ll, &used)) {
+                if (buf_room(&s->cin) == 0)
+                    too_long(s);
+                return;
+            }
+            char *line = malloc(ll + 1);
+            memcpy(line, s->cin.data, ll);
+            buf_consume(&s->cin, used);
+            auth_step(s, line, ll);
+            explicit_bzero(line, ll);
+            free(line);
+            continue;
+        }
+        imap_command_t cmd;
+        int rc = imap_parse_command(s->cin.data, s->cin.len, s->cfg->client_buffer, &cmd);
+        if (cmd.tag_len > 0 && cmd.tag_len <= IMAP_MAX_TAG) {
+            memcpy(st->tag, s->cin.data, cmd.tag_len);
+            st->tag[cmd.tag_len] = '\0';
+        } else {
+            st->tag[0] = '\0';
+        }
+        if (rc == IMAP_PARSE_AGAIN) {
+            if (buf_room(&s->cin) == 0) {
+                too_long(s);
+            } else if (cmd.sync_literals > st->lit_acked) {
+                st->lit_acked = cmd.sync_literals;
+                session_printf(s, "+ Ready for literal data\r\n");
+            }
+            return;
+        }
+        st->lit_acked = 0;
+        if (rc == IMAP_PARSE_TOO_BIG) {
+            session_log(s, LL_INFO, "client sent too large literal");
+            reply(s, "BAD", cmd.error);
+            s->close_reason = "too large literal";
+            session_quit(s);
+            return;
+        }
+        if (rc == IMAP_PARSE_BAD) {
+            if (cmd.consumed == 0) { /* the rest of the bad line is still to come */
+                if (buf_room(&s->cin) == 0)
+                    too_long(s);
+                return;
+            }
+            buf_consume(&s->cin, cmd.consumed);
+            reply(s, "BAD", cmd.error);
+            if (cmd.close_after) {
+                s->close_reason = "unrecoverable syntax error";
+                session_quit(s);
+                return;
+            }
+            session_error(s);
+            continue;
+        }
+        /* Work on a copy: the command may start a login whose outcome
+         * comes back (and parses further input) before we return. */
+        char *copy = malloc(cmd.consumed);
+        memcpy(copy, s->cin.data, cmd.consumed);
+        size_t used = cmd.consumed;
+        buf_consume(&s->cin, used);
+        dispatch(s, copy, &cmd);
+        explicit_bzero(copy, used);
+        free(copy);
+    }
+}
+
+/* ---- upstream login ---- */
+
+static void parse_caps(imap_state_t *st, const char *p, size_t len)
+{
+    char tmp[4096];
+    if (len >= sizeof tmp)
+        len = sizeof tmp - 1;
+    memcpy(tmp, p, len);
+    tmp[len] = '\0';
+    char *e = strchr(tmp, ']');
+    if (e)
+        *e = '\0';
+    st->ucaps = 0;
+    if (has_word(tmp, "LITERAL+"))
+        st->ucaps |= CAP_LITERALPLUS;
+    if (has_word(tmp, "SASL-IR"))
+        st->ucaps |= CAP_SASL_IR;
+    if (has_word(tmp, "AUTH=PLAIN"))
+        st->ucaps |= CAP_AUTH_PLAIN;
+    if (has_word(tmp, "LOGINDISABLED"))
+        st->ucaps |= CAP_LOGINDISABLED;
+}
+
+static const char *find_caps(const char *line, size_t len)
+{
+    static const char key[] = "[CAPABILITY ";
+    for (size_t i = 0; i + sizeof key - 1 <= len; i++)
+        if (strncasecmp(line + i, key, sizeof key - 1) == 0)
+            return line + i + sizeof key - 1;
+    return NULL;
+}
+
+static int quotable(const char *v)
+{
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)v; *p; p++, n++)
+        if (*p < 0x20 || *p > 0x7e)
+            return 0;
+    return n < 512;
+}
+
+static char *quote(const char *v)
+{
+    size_t n = strlen(v);
+    char *q = malloc(2 * n + 3), *p = q;
+    *p++ = '"';
+    for (; *v; v++) {
+        if (*v == '"' || *v == '\\')
+            *p++ = '\\';
+        *p++ = *v;
+    }
+    *p++ = '"';
+    *p = '\0';
+    return q;
+}
+
+static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *xprintf(const char *fmt, ...)
+{
+    va_list ap;
+    char *r = NULL;
+    va_start(ap, fmt);
+    if (vasprintf(&r, fmt, ap) < 0)
+        r = NULL;
+    va_end(ap);
+    return r;
+}
+
+static void send_login(session_t *s)
+{
+    imap_state_t *st = st_of(s);
+    const char *user = session_upstream_user(s), *pass = session_upstream_password(s);
+    if (!user || !pass) {
+        session_upstream_failed(s, "no password to log in to the upstream with");
+        return;
+    }
+    free_pending(st);
+    st->ustate = U_LOGIN;
+    if (st->ucaps & CAP_LOGINDISABLED) {
+        if (!(st->ucaps & CAP_AUTH_PLAIN)) {
+            session_upstream_failed(s, "upstream has LOGINDISABLED and no AUTH=PLAIN");
+            return;
+        }
+        size_t ul = strlen(user), pl = strlen(pass);
+        char *msg = malloc(ul + pl + 2);
+        msg[0] = '\0';
+        memcpy(msg + 1, user, ul);
+        msg[1 + ul] = '\0';
+        memcpy(msg + 2 + ul, pass, pl);
+        char *b64 = sasl_b64_encode(msg, ul + pl + 2);
+        explicit_bzero(msg, ul + pl + 2);
+        free(msg);
+        char *line;
+        if (st->ucaps & CAP_SASL_IR) {
+            line = xprintf("%s AUTHENTICATE PLAIN %s\r\n", st->tag, b64);
+        } else {
+            line = xprintf("%s AUTHENTICATE PLAIN\r\n", st->tag);
+            st->pending[st->npending++] = xprintf("%s\r\n", b64);
+        }
+        explicit_bzero(b64, strlen(b64));
+        free(b64);
+        session_upstream_write(s, line, strlen(line));
+        explicit_bzero(line, strlen(line));
+        free(line);
+        return;
+    }
+    char *line;
+    if (quotable(user) && quotable(pass)) {
+        char *qu = quote(user), *qp = quote(pass);
+        size_t n = strlen(st->tag) + strlen(qu) + strlen(qp) + 16;
+        line = malloc(n);
+        snprintf(line, n, "%s LOGIN %s %s\r\n", st->tag, qu, qp);
+        explicit_bzero(qp, strlen(qp));
+        free(qu);
+        free(qp);
+    } else if (st->ucaps & CAP_LITERALPLUS) {
+        size_t n = strlen(st->tag) + strlen(user) + strlen(pass) + 64;
+        line = malloc(n);
+        snprintf(line, n, "%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass),
+                 pass);
+    } else {
+        line = xprintf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
+        st->pending[st->npending++] = xprintf("%s {%zu}\r\n", user, strlen(pass));
+        st->pending[st->npending++] = xprintf("%s\r\n", pass);
+    }
+    session_upstream_write(s, line, strlen(line));
+    explicit_bzero(line, strlen(line));
+    free(line);
+}
+
+static void imap_upstream_start(session_t *s)
+{
+    imap_state_t *st = st_of(s);
+    st->ustate = U_GREETING;
+    st->ucaps = 0;
+    free_pending(st);
+    buf_free(&st->fwd);
+    buf_init(&st->fwd, IMAP_FWD_MAX);
+}
+
+static int starts(const char *line, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && strncasecmp(line, prefix, n) == 0;
+}
+
+static void upstream_line(session_t *s, const char *line, size_t len)
+{
+    imap_state_t *st = st_of(s);
+    char why[300];
+    switch (st->ustate) {
+    case U_GREETING:
+        if (starts(line, len, "* OK")) {
+            const char *caps = find_caps(line, len);
+            if (caps) {
+                parse_caps(st, caps, len - (size_t)(caps - line));
+                send_login(s);
+            } else {
+                st->ustate = U_CAPABILITY;
+                session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
+            }
+        } else if (starts(line, len, "* PREAUTH")) {
+            char ok[200];
+            int n = snprintf(ok, sizeof ok, "%s OK Logged in\r\n", st->tag);
+            session_upstream_ready(s, ok, (size_t)n);
+        } else {
+            snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
+                     line);
+            session_upstream_failed(s, why);
+        }
+        return;
+    case U_CAPABILITY:
+        if (starts(line, len, "* CAPABILITY ")) {
+            parse_caps(st, line + 13, len - 13);
+        } else if (starts(line, len, "P1 OK")) {
+            send_login(s);
+        } else if (starts(line, len, "P1 ")) {
+            session_upstream_failed(s, "upstream refused CAPABILITY");
+        }
+        return;
+    case U_LOGIN: {
+        size_t tl = strlen(st->tag);
+        if (len >= 1 && line[0] == '+') {
+            if (st->next_pending < st->npending) {
+                const char *seg = st->pending[st->next_pending++];
+                session_upstream_write(s, seg, strlen(seg));
+            } else {
+                session_upstream_failed(s, "upstream sent an unexpected continuation");
+            }
+        } else if (len >= 2 && line[0] == '*' && line[1] == ' ') {
+            if (buf_append(&st->fwd, line, len) < 0 || buf_append(&st->fwd, "\r\n", 2) < 0)
+                session_upstream_failed(s, "upstream sent too many untagged lines at login");
+        } else if (len > tl && strncmp(line, st->tag, tl) == 0 && line[tl] == ' ') {
+            const char *rest = line + tl + 1;
+            size_t rl = len - tl - 1;
+            if (starts(rest, rl, "OK")) {
+                if (buf_append(&st->fwd, line, len) < 0 || buf_append(&st->fwd, "\r\n", 2) < 0) {
+                    session_upstream_failed(s, "upstream login reply too long");
+                    return;
+                }
+                free_pending(st);
+                session_upstream_ready(s, st->fwd.data, st->fwd.len);
+                buf_free(&st->fwd);
+            } else {
+                /* NO or BAD: the credentials did not work there. */
+                const char *text = rest;
+                size_t tlen = rl;
+                if (starts(rest, rl, "NO ") || starts(rest, rl, "BAD")) {
+                    size_t skip = rest[0] == 'N' || rest[0] == 'n' ? 3 : 3;
+                    text = rest + skip;
+                    tlen = rl - skip;
+                    while (tlen && *text == ' ')
+                        text++, tlen--;
+                }
+                if (tlen == 0) {
+                    text = "[AUTHENTICATIONFAILED] Authentication failed";
+                    tlen = strlen(text);
+                }
+                session_log(s, LL_INFO, "upstream refused login: \"%.*s\"", (int)(tlen > 200 ? 200 : tlen), text);
+                session_printf(s, "%s NO %.*s\r\n", st->tag, (int)tlen, text);
+                free_pending(st);
+                buf_free(&st->fwd);
+                st->state = C_COMMAND;
+                session_upstream_refused(s);
+            }
+        }
+        return;
+    }
+    }
+}
+
+static void imap_upstream_input(session_t *s)
+{
+    size_t ll, used;
+    while (s->phase == PHASE_UPSTREAM && s->uin.len > 0 &&
+           buf_find_line(s->uin.data, s->uin.len, &ll, &used)) {
+        /* The line leaves the buffer before we act: acting may hand the
+         * rest of the buffer to the client or drop the connection. */
+        char *line = malloc(ll + 1);
+        memcpy(line, s->uin.data, ll);
+        line[ll] = '\0';
+        buf_consume(&s->uin, used);
+        upstream_line(s, line, ll);
+        free(line);
+    }
+}
+
+const proto_t proto_imap = {
+    .name = "imap",
+    .default_ports = { 143, 993 },
+    .default_auth = AUTH_LOGIN | AUTH_PLAIN,
+    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN,
+    .state_size = sizeof(imap_state_t),
+    .capabilities = imap_capabilities,
+    .start = imap_start,
+    .client_input = imap_client_input,
+    .auth_refused = imap_auth_refused,
+    .bye = imap_bye,
+    .cleanup = imap_cleanup,
+    .upstream_start = imap_upstream_start,
+    .upstream_input = imap_upstream_input,
+};
+

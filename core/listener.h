@@ -1,0 +1,12 @@
+/* listener.h: the listening sockets of the configuration. */
+#ifndef POSTERN_LISTENER_H
+#define POSTERN_LISTENER_H
+
+#include "config.h"
+
+#include <uv.h>
+
+int listeners_start(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen);
+void listeners_stop(void);
+
+#endif

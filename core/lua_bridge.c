@@ -1,0 +1,666 @@
+/* lua_bridge.c: the policy's Lua state, its hooks run as coroutines, and
+ * the C side of `require "postern"` (log, sleep, now).
+ *
+ * A hook call is a task: a coroutine anchored in the registry, the session
+ * it serves (NULL for on_close), and at most one pending wait. When the
+ * session closes first, the task is cancelled: its wait is stopped, the
+ * coroutine unanchored and never resumed again. */
+#include "lua_bridge.h"
+
+#include "log.h"
+#include "session.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+#include <luajit.h>
+#include <mbedtls/constant_time.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+struct lb_policy {
+    lua_State *L;
+    int refs;
+    int hooks_ref;       /* the table the policy returned */
+    int tasks_ref;       /* registry table: coroutine -> task (lightuserdata) */
+    bool has[3];
+    uv_loop_t *loop;
+};
+
+enum { HOOK_ON_CONNECT, HOOK_AUTHENTICATE, HOOK_ON_CLOSE };
+static const char *const hook_names[] = { "on_connect", "authenticate", "on_close" };
+
+struct lb_task {
+    lb_policy_t *p;
+    lua_State *co;
+    int co_ref;
+    session_t *s;        /* NULL: on_close, or cancelled */
+    int hook;
+    uint64_t sid;        /* the session id, for log lines */
+    uv_timer_t *sleep;   /* pending postern.sleep */
+    struct lb_task *prev, *next;
+};
+
+static lb_policy_t *current;
+static lb_task_t *tasks;
+static int ntasks;
+
+int lb_tasks_running(void)
+{
+    return ntasks;
+}
+
+/* ---- tasks ---- */
+
+static lb_task_t *task_of(lua_State *L, lb_policy_t **pp)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "postern.policy");
+    lb_policy_t *p = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (pp)
+        *pp = p;
+    if (!p)
+        return NULL;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->tasks_ref);
+    lua_pushthread(L);
+    lua_rawget(L, -2);
+    lb_task_t *t = lua_touserdata(L, -1);
+    lua_pop(L, 2);
+    return t;
+}
+
+static void sleep_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void task_free(lb_task_t *t)
+{
+    if (t->sleep) {
+        uv_timer_stop(t->sleep);
+        uv_close((uv_handle_t *)t->sleep, sleep_closed);
+        t->sleep = NULL;
+    }
+    lua_State *L = t->p->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->p->tasks_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
+    lua_pushnil(L);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->co_ref);
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        tasks = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    ntasks--;
+    lb_policy_release(t->p);
+    free(t);
+}
+
+void lb_task_cancel(lb_task_t *t)
+{
+    if (t)
+        task_free(t);
+}
+
+static void task_log(lb_task_t *t, int level, const char *msg)
+{
+    if (t->s)
+        session_log(t->s, level, "%s", msg);
+    else
+        log_msg(level, "*%llu %s", (unsigned long long)t->sid, msg);
+}
+
+/* ---- reading what a hook returned ---- */
+
+static char *opt_str(lua_State *L, int idx, const char *key, const char *path, char *err, size_t errlen, int *bad)
+{
+    lua_getfield(L, idx, key);
+    char *r = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING)
+        r = strdup(lua_tostring(L, -1));
+    else if (!lua_isnil(L, -1) && !*bad) {
+        snprintf(err, errlen, "%s.%s: expected a string, got %s", path, key, luaL_typename(L, -1));
+        *bad = 1;
+    }
+    lua_pop(L, 1);
+    return r;
+}
+
+static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path, char *err, size_t errlen)
+{
+    static const char *const known[] = { "host", "port", "user", "password", "tls", "verify", "sni",
+                                         "xclient", "proxy_protocol", "name", NULL };
+    int bad = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        lua_pop(L, 1);
+        const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
+        int ok = 0;
+        for (const char *const *q = known; *q; q++)
+            ok |= strcmp(*q, k) == 0;
+        if (!ok && !bad) {
+            snprintf(err, errlen, "%s.%s: unknown key", path, k);
+            bad = 1;
+        }
+    }
+    u->host = opt_str(L, idx, "host", path, err, errlen, &bad);
+    u->user = opt_str(L, idx, "user", path, err, errlen, &bad);
+    u->password = opt_str(L, idx, "password", path, err, errlen, &bad);
+    char *tls = opt_str(L, idx, "tls", path, err, errlen, &bad);
+    if (tls && strcmp(tls, "off") != 0 && !bad) {
+        snprintf(err, errlen, "%s.tls: \"%s\" is not available in this build yet", path, tls);
+        bad = 1;
+    }
+    free(tls);
+    lua_getfield(L, idx, "port");
+    double port = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+    lua_pop(L, 1);
+    if (!bad && (!u->host || !u->host[0])) {
+        snprintf(err, errlen, "%s.host: missing", path);
+        bad = 1;
+    }
+    if (!bad && (port < 1 || port > 65535 || port != floor(port))) {
+        snprintf(err, errlen, "%s.port: missing or not a port number", path);
+        bad = 1;
+    }
+    u->port = (int)port;
+    return bad ? -1 : 0;
+}
+
+/* The upstream(s) at `idx`: one table with a host, or a list of them. */
+static int read_upstreams(lua_State *L, int idx, upstream_t **out, int *n, char *err, size_t errlen)
+{
+    lua_getfield(L, idx, "host");
+    int single = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    int count = single ? 1 : (int)lua_objlen(L, idx);
+    if (count == 0) {
+        snprintf(err, errlen, "upstream: expected { host = ..., port = ... } or a list of them");
+        return -1;
+    }
+    if (count > 64)
+        count = 64;
+    upstream_t *u = calloc(count, sizeof *u);
+    for (int i = 0; i < count; i++) {
+        char path[32];
+        int rc;
+        if (single) {
+            rc = read_upstream(L, idx, &u[i], "upstream", err, errlen);
+        } else {
+            snprintf(path, sizeof path, "upstream[%d]", i + 1);
+            lua_rawgeti(L, idx, i + 1);
+            if (lua_type(L, -1) != LUA_TTABLE) {
+                snprintf(err, errlen, "%s: expected a table", path);
+                rc = -1;
+            } else {
+                rc = read_upstream(L, lua_gettop(L), &u[i], path, err, errlen);
+            }
+            lua_pop(L, 1);
+        }
+        if (rc < 0) {
+            upstreams_free(u, count);
+            return -1;
+        }
+    }
+    *out = u;
+    *n = count;
+    return 0;
+}
+
+static refusal_t *read_refusal(lua_State *L, int idx)
+{
+    refusal_t *r = calloc(1, sizeof *r);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        r->message = strdup(lua_tostring(L, idx));
+    } else if (lua_type(L, idx) == LUA_TTABLE) {
+        lua_getfield(L, idx, "message");
+        if (lua_type(L, -1) == LUA_TSTRING)
+            r->message = strdup(lua_tostring(L, -1));
+        lua_getfield(L, idx, "wait");
+        r->wait = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
+        lua_getfield(L, idx, "code");
+        r->code = lua_isnumber(L, -1) ? (int)lua_tonumber(L, -1) : 0;
+        lua_getfield(L, idx, "temporary");
+        r->temporary = lua_toboolean(L, -1);
+        lua_pop(L, 4);
+    }
+    if (!(r->wait >= 0))
+        r->wait = 0;
+    if (r->wait > 3600) /* a typo must not park a session for days */
+        r->wait = 3600;
+    if (r->message && strlen(r->message) > 400)
+        r->message[400] = '\0';
+    return r;
+}
+
+static void task_finished(lb_task_t *t, int rc)
+{
+    lua_State *co = t->co;
+    session_t *s = t->s;
+    hook_outcome_t outcome = HOOK_ERROR;
+    upstream_t *ups = NULL;
+    int nups = 0;
+    refusal_t *r = NULL;
+    char err[512] = "";
+
+    if (rc != 0) {
+        lua_State *L = t->p->L;
+        const char *msg = lua_tostring(co, -1);
+        luaL_traceback(L, co, msg ? msg : "(error object is not a string)", 0);
+        char line[4096];
+        snprintf(line, sizeof line, "policy error in %s: %s", hook_names[t->hook], lua_tostring(L, -1));
+        lua_pop(L, 1);
+        task_log(t, LL_ERROR, line);
+    } else if (t->hook == HOOK_ON_CLOSE) {
+        outcome = HOOK_CONTINUE;
+    } else {
+        int n = lua_gettop(co);
+        int t1 = n >= 1 ? lua_type(co, 1) : LUA_TNIL;
+        if (t1 == LUA_TTABLE) {
+            if (read_upstreams(co, 1, &ups, &nups, err, sizeof err) == 0)
+                outcome = HOOK_UPSTREAMS;
+        } else if (t->hook == HOOK_ON_CONNECT && (t1 == LUA_TNIL || (t1 == LUA_TBOOLEAN && lua_toboolean(co, 1)))) {
+            outcome = HOOK_CONTINUE;
+        } else if (t1 == LUA_TNIL || (t1 == LUA_TBOOLEAN && !lua_toboolean(co, 1))) {
+            outcome = HOOK_REFUSE;
+            r = read_refusal(co, 2);
+        } else {
+            snprintf(err, sizeof err, "expected an upstream table or nil and a refusal, got %s",
+                     lua_typename(co, t1));
+        }
+        if (err[0]) {
+            char line[700];
+            snprintf(line, sizeof line, "policy %s returned an invalid result: %s", hook_names[t->hook], err);
+            task_log(t, LL_ERROR, line);
+        }
+    }
+    if (s) {
+        s->task = NULL;
+        t->s = NULL;
+        session_hook_done(s, outcome, ups, nups, r);
+    } else {
+        upstreams_free(ups, nups);
+        refusal_free(r);
+    }
+    task_free(t);
+}
+
+static void task_resume(lb_task_t *t, int nargs)
+{
+    int rc = lua_resume(t->co, nargs);
+    if (rc == LUA_YIELD)
+        return;
+    task_finished(t, rc);
+}
+
+/* ---- the session table given to hooks ---- */
+
+static int session_newindex(lua_State *L)
+{
+    return luaL_error(L, "session fields are read-only (use s.vars for your own data)");
+}
+
+/* s:check_password(cleartext): true when the client proved it knows it. */
+static int session_check_password(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t clen, plen;
+    const char *clear = luaL_checklstring(L, 2, &clen);
+    lua_getfield(L, 1, "password");
+    const char *pw = lua_tolstring(L, -1, &plen);
+    int ok = pw && plen == clen && mbedtls_ct_memcmp(pw, clear, clen) == 0;
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static void set_str(lua_State *L, const char *k, const char *v)
+{
+    if (!v)
+        return;
+    lua_pushstring(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void set_num(lua_State *L, const char *k, double v)
+{
+    lua_pushnumber(L, v);
+    lua_setfield(L, -2, k);
+}
+
+static void push_session(lua_State *L, session_t *s)
+{
+    lua_newtable(L); /* the proxy the hook sees */
+    lua_newtable(L); /* its fields */
+    set_num(L, "id", (double)s->id);
+    set_str(L, "protocol", s->proto->name);
+    set_str(L, "client_ip", s->client_ip);
+    set_num(L, "client_port", s->client_port);
+    set_str(L, "local_ip", s->local_ip);
+    set_num(L, "local_port", s->local_port);
+    set_str(L, "server_name", s->cfg->server_name);
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "tls");
+    set_str(L, "user", s->cred.user);
+    set_str(L, "password", s->cred.password);
+    set_str(L, "authzid", s->cred.authzid);
+    set_str(L, "mechanism", s->cred.mechanism);
+    set_num(L, "login_attempt", s->login_attempt);
+    lua_pushcfunction(L, session_check_password);
+    lua_setfield(L, -2, "check_password");
+    if (s->vars_ref == LUA_NOREF) {
+        lua_newtable(L);
+        s->vars_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->vars_ref);
+    lua_setfield(L, -2, "vars");
+
+    lua_newtable(L); /* metatable */
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, session_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
+}
+
+static lb_task_t *task_new(lb_policy_t *p, session_t *s, int hook)
+{
+    lua_State *L = p->L;
+    lb_task_t *t = calloc(1, sizeof *t);
+    t->p = p;
+    p->refs++;
+    t->s = s;
+    t->sid = s->id;
+    t->hook = hook;
+    t->co = lua_newthread(L);
+    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->tasks_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
+    lua_pushlightuserdata(L, t);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    t->next = tasks;
+    if (tasks)
+        tasks->prev = t;
+    tasks = t;
+    ntasks++;
+    /* the hook function, then the session table */
+    lua_rawgeti(t->co, LUA_REGISTRYINDEX, p->hooks_ref);
+    lua_getfield(t->co, -1, hook_names[hook]);
+    lua_remove(t->co, -2);
+    push_session(t->co, s);
+    return t;
+}
+
+static void run_hook(session_t *s, int hook)
+{
+    lb_task_t *t = task_new(s->policy, s, hook);
+    s->task = t;
+    task_resume(t, 1);
+}
+
+void lb_run_connect(session_t *s)
+{
+    run_hook(s, HOOK_ON_CONNECT);
+}
+
+void lb_run_authenticate(session_t *s)
+{
+    run_hook(s, HOOK_AUTHENTICATE);
+}
+
+void lb_run_close(session_t *s)
+{
+    lb_task_t *t = task_new(s->policy, s, HOOK_ON_CLOSE);
+    t->s = NULL; /* on its own: the session is going away */
+    lua_State *co = t->co;
+    lua_newtable(co);
+    set_num(co, "bytes_in", (double)s->bytes_in);
+    set_num(co, "bytes_out", (double)s->bytes_out);
+    set_num(co, "duration", (double)(uv_now(s->loop) - s->start_ms) / 1000.0);
+    if (s->upstream_name[0])
+        set_str(co, "upstream", s->upstream_name);
+    set_str(co, "reason", s->close_reason);
+    task_resume(t, 2);
+}
+
+void lb_session_release(session_t *s)
+{
+    if (s->policy && s->vars_ref != LUA_NOREF)
+        luaL_unref(s->policy->L, LUA_REGISTRYINDEX, s->vars_ref);
+    s->vars_ref = LUA_NOREF;
+}
+
+/* ---- require "postern" ---- */
+
+static int l_log(lua_State *L)
+{
+    const char *lv = luaL_checkstring(L, 1);
+    int level = log_level_parse(lv);
+    if (level < 0)
+        return luaL_argerror(L, 1, "level must be \"error\", \"warn\", \"info\" or \"debug\"");
+    if (!log_enabled(level))
+        return 0;
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    int n = lua_gettop(L);
+    for (int i = 2; i <= n; i++) {
+        lua_getglobal(L, "tostring");
+        lua_pushvalue(L, i);
+        lua_call(L, 1, 1);
+        luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "[lua] %s", lua_tostring(L, -1));
+    lb_task_t *t = task_of(L, NULL);
+    if (t)
+        task_log(t, level, msg);
+    else
+        log_msg(level, "%s", msg);
+    return 0;
+}
+
+static int l_now(lua_State *L)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    lua_pushnumber(L, (double)tv.tv_sec + tv.tv_usec / 1e6);
+    return 1;
+}
+
+/* Every asynchronous function starts here: it must run in a hook's own
+ * coroutine, where a yield is possible. */
+static lb_task_t *check_async(lua_State *L, const char *fname)
+{
+    lb_policy_t *p;
+    lb_task_t *t = task_of(L, &p);
+    if (!t) {
+        luaL_where(L, 1);
+        lua_pushfstring(L, "%s can only be called inside a hook (on_connect, authenticate, on_close), "
+                           "not while the policy loads or from a coroutine of its own",
+                        fname);
+        lua_concat(L, 2);
+        lua_error(L);
+    }
+    if (!lua_isyieldable(L))
+        luaL_error(L, "%s cannot wait here (inside a C function such as table.sort or string.gsub)", fname);
+    if (t->sleep)
+        luaL_error(L, "%s: the hook is already waiting", fname);
+    return t;
+}
+
+static void sleep_done(uv_timer_t *h)
+{
+    lb_task_t *t = h->data;
+    uv_close((uv_handle_t *)h, sleep_closed);
+    t->sleep = NULL;
+    lua_settop(t->co, 0);
+    task_resume(t, 0);
+}
+
+static int l_sleep(lua_State *L)
+{
+    double sec = luaL_checknumber(L, 1);
+    if (!(sec >= 0))
+        return luaL_argerror(L, 1, "must be a number of seconds >= 0");
+    lb_task_t *t = check_async(L, "postern.sleep");
+    t->sleep = malloc(sizeof *t->sleep);
+    uv_timer_init(t->p->loop, t->sleep);
+    t->sleep->data = t;
+    uv_timer_start(t->sleep, sleep_done, (uint64_t)(sec * 1000 + 0.5), 0);
+    return lua_yield(L, 0);
+}
+
+static const luaL_Reg postern_lib[] = {
+    { "log", l_log },
+    { "now", l_now },
+    { "sleep", l_sleep },
+    { NULL, NULL },
+};
+
+static int open_postern(lua_State *L)
+{
+    lua_newtable(L);
+    luaL_register(L, NULL, postern_lib);
+    lua_pushstring(L, POSTERN_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* ---- loading a policy ---- */
+
+static int traceback(lua_State *L)
+{
+    luaL_traceback(L, L, lua_tostring(L, 1), 1);
+    return 1;
+}
+
+static void set_path(lua_State *L, const char *policy)
+{
+    char dir[1024] = ".";
+    const char *slash = strrchr(policy, '/');
+    if (slash && (size_t)(slash - policy) < sizeof dir) {
+        memcpy(dir, policy, (size_t)(slash - policy));
+        dir[slash - policy] = '\0';
+    }
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s", POSTERN_LUA_DIR, POSTERN_LUA_DIR, dir,
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+}
+
+static lb_policy_t *policy_load(uv_loop_t *loop, const char *file, char *err, size_t errlen)
+{
+    lua_State *L = luaL_newstate();
+    if (!L) {
+        snprintf(err, errlen, "cannot create a Lua state");
+        return NULL;
+    }
+    luaL_openlibs(L);
+    set_path(L, file);
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "preload");
+    lua_pushcfunction(L, open_postern);
+    lua_setfield(L, -2, "postern");
+    lua_pop(L, 2);
+
+    lb_policy_t *p = calloc(1, sizeof *p);
+    p->L = L;
+    p->loop = loop;
+    p->refs = 1;
+    lua_pushlightuserdata(L, p);
+    lua_setfield(L, LUA_REGISTRYINDEX, "postern.policy");
+    lua_newtable(L);
+    p->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* Seed per process: LuaJIT repeats the same sequence otherwise. */
+    luaL_dostring(L, "math.randomseed(os.time() + (tonumber(tostring({}):match('0x(%x+)'), 16) or 0) % 100000)");
+
+    lua_pushcfunction(L, traceback);
+    if (luaL_loadfile(L, file) != 0 || lua_pcall(L, 0, 1, -2) != 0) {
+        snprintf(err, errlen, "%s", lua_tostring(L, -1));
+        goto bad;
+    }
+    if (lua_type(L, -1) != LUA_TTABLE) {
+        snprintf(err, errlen, "%s: the policy must return a table of hooks (got %s)", file, luaL_typename(L, -1));
+        goto bad;
+    }
+    for (int h = 0; h < 3; h++) {
+        lua_getfield(L, -1, hook_names[h]);
+        int ty = lua_type(L, -1);
+        lua_pop(L, 1);
+        if (ty != LUA_TNIL && ty != LUA_TFUNCTION) {
+            snprintf(err, errlen, "%s: %s must be a function, got %s", file, hook_names[h], lua_typename(L, ty));
+            goto bad;
+        }
+        p->has[h] = ty == LUA_TFUNCTION;
+    }
+    if (!p->has[HOOK_AUTHENTICATE]) {
+        snprintf(err, errlen, "%s: the policy has no authenticate function", file);
+        goto bad;
+    }
+    p->hooks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, 0);
+    return p;
+bad:
+    lua_close(L);
+    free(p);
+    return NULL;
+}
+
+int lb_load(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen)
+{
+    lb_policy_t *p = policy_load(loop, cfg->policy, err, errlen);
+    if (!p)
+        return -1;
+    lb_policy_release(current);
+    current = p;
+    return 0;
+}
+
+void lb_shutdown(void)
+{
+    while (tasks) {
+        lb_task_t *t = tasks;
+        if (t->s) {
+            t->s->task = NULL;
+            t->s = NULL;
+        }
+        task_free(t);
+    }
+    lb_policy_release(current);
+    current = NULL;
+}
+
+lb_policy_t *lb_policy_acquire(void)
+{
+    if (current)
+        current->refs++;
+    return current;
+}
+
+void lb_policy_release(lb_policy_t *p)
+{
+    if (p && --p->refs == 0) {
+        lua_close(p->L);
+        free(p);
+    }
+}
+
+bool lb_has_hook(const lb_policy_t *p, const char *name)
+{
+    for (int h = 0; p && h < 3; h++)
+        if (strcmp(name, hook_names[h]) == 0)
+            return p->has[h];
+    return false;
+}

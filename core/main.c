@@ -1,0 +1,141 @@
+/* main.c: the command line (-c, -t, -v), signals and the event loop. */
+#include "config.h"
+#include "listener.h"
+#include "log.h"
+#include "lua_bridge.h"
+#include "session.h"
+
+#include <luajit.h>
+#include <mbedtls/version.h>
+#include <uv.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static uv_signal_t sig_term, sig_int, sig_hup;
+static config_t *cfg;
+
+static void usage(void)
+{
+    fprintf(stderr, "usage: postern [-c FILE]      run with FILE (default ./proxy.conf.lua)\n"
+                    "       postern -t [-c FILE]   check the configuration and its policy\n"
+                    "       postern -v             print the versions\n");
+}
+
+static void print_versions(void)
+{
+    char mbed[64];
+    mbedtls_version_get_string_full(mbed);
+    printf("postern %s\n%s\nlibuv %s\n%s\n", POSTERN_VERSION, LUAJIT_VERSION, uv_version_string(), mbed);
+}
+
+static void on_stop(uv_signal_t *h, int signum)
+{
+    (void)h;
+    log_msg(LL_INFO, "signal %d received, shutting down", signum);
+    uv_signal_stop(&sig_term);
+    uv_signal_stop(&sig_int);
+    uv_signal_stop(&sig_hup);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    uv_close((uv_handle_t *)&sig_hup, NULL);
+    listeners_stop();
+    session_close_all();
+    lb_shutdown();
+}
+
+static void on_hup(uv_signal_t *h, int signum)
+{
+    (void)h;
+    (void)signum;
+    char err[1024];
+    /* Reload the policy: new sessions use it, running ones keep theirs. */
+    if (lb_load(h->loop, cfg, err, sizeof err) < 0)
+        log_msg(LL_ERROR, "reload failed, keeping the running policy: %s", err);
+    else
+        log_msg(LL_INFO, "policy reloaded from %s", cfg->policy);
+}
+
+int main(int argc, char **argv)
+{
+    const char *conf = "proxy.conf.lua";
+    int test_only = 0, opt;
+    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+        switch (opt) {
+        case 'c': conf = optarg; break;
+        case 't': test_only = 1; break;
+        case 'v': print_versions(); return 0;
+        default: usage(); return opt == 'h' ? 0 : 2;
+        }
+    }
+    if (optind < argc) {
+        usage();
+        return 2;
+    }
+
+    char err[2048];
+    cfg = config_load(conf, err, sizeof err);
+    if (!cfg) {
+        fprintf(stderr, "postern: %s\n", err);
+        return 1;
+    }
+    uv_loop_t *loop = uv_default_loop();
+    if (lb_load(loop, cfg, err, sizeof err) < 0) {
+        fprintf(stderr, "postern: %s\n", err);
+        config_free(cfg);
+        return 1;
+    }
+    if (test_only) {
+        lb_shutdown();
+        config_free(cfg);
+        uv_loop_close(loop);
+        printf("configuration ok\n");
+        return 0;
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    log_level = cfg->log_level;
+    int rc = log_open(cfg->error_log);
+    if (rc < 0) {
+        fprintf(stderr, "postern: error_log: cannot open %s: %s\n", cfg->error_log, strerror(-rc));
+        return 1;
+    }
+    if (listeners_start(loop, cfg, err, sizeof err) < 0) {
+        log_msg(LL_ERROR, "%s", err);
+        fprintf(stderr, "postern: %s\n", err);
+        listeners_stop();
+        lb_shutdown();
+        uv_run(loop, UV_RUN_DEFAULT);
+        uv_loop_close(loop);
+        config_free(cfg);
+        log_close();
+        return 1;
+    }
+    if (cfg->pidfile) {
+        FILE *f = fopen(cfg->pidfile, "w");
+        if (f) {
+            fprintf(f, "%d\n", (int)getpid());
+            fclose(f);
+        }
+    }
+    uv_signal_init(loop, &sig_term);
+    uv_signal_start(&sig_term, on_stop, SIGTERM);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_int, on_stop, SIGINT);
+    uv_signal_init(loop, &sig_hup);
+    uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    log_msg(LL_INFO, "postern %s started, policy %s", POSTERN_VERSION, cfg->policy);
+
+    uv_run(loop, UV_RUN_DEFAULT);
+
+    log_msg(LL_INFO, "postern stopped");
+    if (cfg->pidfile)
+        unlink(cfg->pidfile);
+    uv_loop_close(loop);
+    config_free(cfg);
+    log_close();
+    return 0;
+}

@@ -1,0 +1,40 @@
+/* proto.h: the one interface between the session and a mail protocol.
+ * Each protocol (imap.c, later pop3.c and smtp.c) exports one constant
+ * descriptor; session.c never switches on the protocol. */
+#ifndef POSTERN_PROTO_H
+#define POSTERN_PROTO_H
+
+#include <stddef.h>
+
+struct session;
+struct refusal;
+
+typedef struct proto {
+    const char *name;
+    int default_ports[4];          /* listeners on these ports may omit `protocol` */
+    unsigned default_auth;         /* AUTH_* offered when the listener names none */
+    unsigned allowed_auth;         /* AUTH_* this protocol can speak */
+    size_t state_size;             /* bytes of per-session protocol state */
+
+    /* Build the listener's pre-auth capability string (malloc'd) from the
+     * configured list (NULL: the protocol's default) and the auth mask. */
+    char *(*capabilities)(const char *configured, unsigned auth);
+
+    /* Client side, before authentication. */
+    void (*start)(struct session *s);            /* send the greeting */
+    void (*client_input)(struct session *s);     /* parse s->cin and act */
+    void (*auth_refused)(struct session *s, const struct refusal *r);
+    void (*bye)(struct session *s, const char *why); /* last words before close */
+    void (*cleanup)(struct session *s);          /* free what the state points to */
+
+    /* Upstream login, after the policy chose an upstream. */
+    void (*upstream_start)(struct session *s);   /* connected: login begins */
+    void (*upstream_input)(struct session *s);   /* parse s->uin and act */
+} proto_t;
+
+extern const proto_t proto_imap;
+
+const proto_t *proto_find(const char *name);
+const proto_t *proto_for_port(int port);
+
+#endif

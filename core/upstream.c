@@ -1,0 +1,183 @@
+/* upstream.c: resolve and connect to the policy's upstreams in order.
+ * The connection has its own small struct because a failed attempt must
+ * be closed (and its memory released in the close callback) while the
+ * session goes on with the next upstream. */
+#include "upstream.h"
+
+#include "log.h"
+#include "session.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct upstream_conn {
+    uv_tcp_t tcp;
+    uv_connect_t creq;
+    uv_getaddrinfo_t gai;
+    session_t *s;          /* NULL once detached from the session */
+    session_t *owner;      /* counts this handle: freed only after it closes */
+    bool tcp_open;         /* tcp handle initialised (must be closed) */
+    bool resolving;        /* a getaddrinfo is in flight */
+} upstream_conn_t;
+
+static void up_closed(uv_handle_t *h)
+{
+    upstream_conn_t *up = h->data;
+    session_t *owner = up->owner;
+    up->tcp_open = false;
+    if (!up->resolving)
+        free(up);
+    session_handle_closed(owner);
+}
+
+uv_stream_t *upstream_stream(session_t *s)
+{
+    return s->up && s->up->tcp_open ? (uv_stream_t *)&s->up->tcp : NULL;
+}
+
+void upstream_close(session_t *s)
+{
+    upstream_conn_t *up = s->up;
+    if (!up)
+        return;
+    s->up = NULL;
+    up->s = NULL;
+    if (up->tcp_open) {
+        up->tcp.data = up; /* the relay may have pointed it elsewhere */
+        uv_close((uv_handle_t *)&up->tcp, up_closed);
+    }
+    else if (!up->resolving)
+        free(up);
+    s->uin.len = 0;
+}
+
+static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    upstream_conn_t *up = h->data;
+    (void)suggested;
+    session_t *s = up->s;
+    size_t want = s ? buf_room(&s->uin) : 0;
+    if (want > 16384)
+        want = 16384;
+    if (!s || want == 0 || buf_reserve(&s->uin, want) < 0) {
+        *b = uv_buf_init(NULL, 0);
+        return;
+    }
+    *b = uv_buf_init(s->uin.data + s->uin.len, (unsigned)want);
+}
+
+static void up_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    upstream_conn_t *up = st->data;
+    session_t *s = up->s;
+    (void)b;
+    if (!s || s->phase != PHASE_UPSTREAM)
+        return;
+    if (nread == UV_ENOBUFS) {
+        session_upstream_failed(s, "upstream sent a too long response during login");
+        return;
+    }
+    if (nread < 0) {
+        char why[128];
+        snprintf(why, sizeof why, "upstream %s during login",
+                 nread == UV_EOF ? "closed the connection" : uv_err_name((int)nread));
+        session_upstream_failed(s, why);
+        return;
+    }
+    s->uin.len += (size_t)nread;
+    s->proto->upstream_input(s);
+}
+
+static void up_connected(uv_connect_t *req, int status)
+{
+    upstream_conn_t *up = req->data;
+    session_t *s = up->s;
+    if (!s || s->phase != PHASE_UPSTREAM)
+        return;
+    if (status < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "connect() to upstream failed (%s)", uv_err_name(status));
+        session_upstream_failed(s, why);
+        return;
+    }
+    uv_tcp_nodelay(&up->tcp, 1);
+    uv_read_start((uv_stream_t *)&up->tcp, up_alloc, up_read);
+    session_log(s, LL_DEBUG, "connected to upstream");
+    if (s->splice) {
+        session_upstream_ready(s, NULL, 0);
+        return;
+    }
+    /* The login gets the pre-auth `timeout`, as in nginx. */
+    session_set_timeout(s, s->cfg->timeout);
+    s->proto->upstream_start(s);
+}
+
+static void connect_addr(session_t *s, const struct sockaddr *sa)
+{
+    upstream_conn_t *up = s->up;
+    uv_tcp_init(s->loop, &up->tcp);
+    up->tcp.data = up;
+    up->tcp_open = true;
+    up->owner = s;
+    s->handles++;
+    up->creq.data = up;
+    int rc = uv_tcp_connect(&up->creq, &up->tcp, sa, up_connected);
+    if (rc < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "connect() to upstream failed (%s)", uv_err_name(rc));
+        session_upstream_failed(s, why);
+    }
+}
+
+static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    upstream_conn_t *up = req->data;
+    up->resolving = false;
+    session_t *s = up->s;
+    if (!s) {
+        if (!up->tcp_open)
+            free(up);
+        uv_freeaddrinfo(res);
+        return;
+    }
+    if (status < 0 || !res) {
+        char why[160];
+        snprintf(why, sizeof why, "cannot resolve upstream host (%s)", uv_err_name(status));
+        uv_freeaddrinfo(res);
+        session_upstream_failed(s, why);
+        return;
+    }
+    connect_addr(s, res->ai_addr);
+    uv_freeaddrinfo(res);
+}
+
+void upstream_connect_next(session_t *s)
+{
+    const upstream_t *u = &s->upstreams[s->upstream_idx++];
+    s->phase = PHASE_UPSTREAM;
+    s->uin.len = 0;
+    snprintf(s->upstream_name, sizeof s->upstream_name, "%s:%d", u->host, u->port);
+    /* Connect and login share one budget per upstream: connect_timeout
+     * until connected, then the login timeout. */
+    session_set_timeout(s, s->cfg->connect_timeout);
+    upstream_conn_t *up = calloc(1, sizeof *up);
+    up->s = s;
+    s->up = up;
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    if (uv_ip4_addr(u->host, u->port, (struct sockaddr_in *)&ss) == 0 ||
+        uv_ip6_addr(u->host, u->port, (struct sockaddr_in6 *)&ss) == 0) {
+        connect_addr(s, (struct sockaddr *)&ss);
+        return;
+    }
+    char port[8];
+    snprintf(port, sizeof port, "%d", u->port);
+    struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_family = AF_UNSPEC };
+    up->gai.data = up;
+    up->resolving = true;
+    if (uv_getaddrinfo(s->loop, &up->gai, resolved, u->host, port, &hints) < 0) {
+        up->resolving = false;
+        session_upstream_failed(s, "cannot resolve upstream host");
+    }
+}

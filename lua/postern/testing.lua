@@ -1,0 +1,669 @@
+--- postern.testing: test your policy with busted against the real postern
+--- binary and scripted mock backends.
+--
+-- Run specs with:
+--   busted --lua=luajit --lpath='lua/?.lua;lua/?/init.lua;spec/?.lua' spec/my_policy_spec.lua
+--
+-- A complete spec (spec/my_policy_spec.lua):
+--
+--   local testing = require "postern.testing"
+--
+--   describe("my policy", function()
+--     local a, b, proxy
+--
+--     setup(function()
+--       a = testing.mock_imap { name = "backend-a", users = { alice = "secret" } }
+--       b = testing.mock_imap { name = "backend-b" }
+--       proxy = testing.start {
+--         policy_source = ([[
+--           return {
+--             authenticate = function(s)
+--               if s.user == "alice" and s.password == "secret" then
+--                 return { host = "127.0.0.1", port = %d }
+--               end
+--               if s.client_ip == "127.0.0.2" then
+--                 return { host = "127.0.0.1", port = %d }
+--               end
+--               return nil, "Invalid login or password"
+--             end,
+--           }
+--         ]]):format(a.port, b.port),
+--         config = { timeout = 5 },
+--       }
+--     end)
+--
+--     teardown(function()
+--       if proxy then proxy:stop() end   -- errors on [alert]/[crit]/sanitizer reports
+--       if a then a:stop() end
+--       if b then b:stop() end
+--     end)
+--
+--     it("routes alice to backend-a", function()
+--       local c = testing.client { port = proxy.port }
+--       c:expect("^%* OK")
+--       local tagged = c:command("a1", "LOGIN alice secret")
+--       assert.matches("^a1 OK", tagged)
+--       local _, untagged = c:command("a2", "LIST \"\" *")
+--       assert.matches("backend%-a", table.concat(untagged, "\n"))
+--       a:wait_for("LOGIN")
+--       assert.same({ user = "alice", password = "secret", mechanism = "login" }, a:logins()[1])
+--       c:command("a3", "LOGOUT")
+--       assert.is_true(c:closed(2))
+--     end)
+--
+--     it("refuses a bad password", function()
+--       local c = testing.client { port = proxy.port }
+--       c:expect("^%* OK")
+--       assert.matches("^a1 NO", (c:command("a1", "LOGIN alice wrong")))
+--       c:close()
+--     end)
+--
+--     it("routes by client address", function()
+--       local c = testing.client { port = proxy.port, bind = "127.0.0.2" }
+--       c:expect("^%* OK")
+--       assert.matches("^a1 OK", (c:command("a1", "LOGIN bob x")))
+--       c:close()
+--       b:wait_for("^AUTH bob x")
+--     end)
+--   end)
+--
+-- API
+--   testing.root, testing.bin, testing.luajit
+--   testing.free_port() -> port
+--   testing.sleep(sec), testing.now()
+--   testing.serialize(value) -> Lua source text;  testing.write_config(path, table)
+--   testing.mock_imap(opts) -> mock   (options: see lua/postern/mock_imap.lua)
+--     mock.port, mock.host, mock.record_path, mock.log_path
+--     mock:lines() mock:wait_for(pattern, timeout=3) mock:logins() mock:log() mock:stop()
+--   testing.start(opts) -> proxy      opts: policy | policy_source, config, env
+--     proxy.port, proxy.ports, proxy.dir, proxy.log_path, proxy.conf_path, proxy.pid
+--     proxy:log() proxy:wait_log(pattern, timeout=3) proxy:signal("HUP")
+--     proxy:alive() proxy:stop() -> exit status
+--   testing.check_config(table_or_path) -> ok, output
+--   testing.client{ port, host, bind, timeout } -> client
+--     c:send(data) c:line(timeout) c:expect(pattern, timeout) c:command(tag, text, timeout)
+--     c:read_bytes(n, timeout) c:closed(timeout) c:close()
+--
+-- Mock record lines (mock:lines()): "CONNECT <id> <ip> <port>", "<id> <command as
+-- received>", "AUTH <user> <password> <mechanism>", "CLOSE <id>".
+--
+-- Signals: processes are started in the background by /bin/sh, which makes
+-- them ignore SIGINT and SIGQUIT unless they install their own handlers.
+
+local socket = require "socket"
+
+local testing = {}
+
+-- small helpers -------------------------------------------------------------------
+
+local function sh_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function capture(cmd)
+  local p = assert(io.popen(cmd, "r"))
+  local out = p:read("*a")
+  p:close()
+  return out
+end
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+local function write_file(path, content)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(content))
+  assert(f:close())
+end
+
+local function trim(s) return (s:gsub("^%s+", ""):gsub("%s+$", "")) end
+
+local function cwd()
+  return trim(capture("pwd"))
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  return cwd() .. "/" .. path:gsub("^%./", "")
+end
+
+local function mktemp_dir(prefix)
+  local d = trim(capture("mktemp -d /tmp/" .. prefix .. ".XXXXXX"))
+  assert(d ~= "", "mktemp failed")
+  return d
+end
+
+local function rm_rf(dir)
+  if dir and dir:match("^/tmp/postern") then os.execute("rm -rf " .. sh_quote(dir)) end
+end
+
+function testing.sleep(sec) socket.sleep(sec) end
+function testing.now() return socket.gettime() end
+
+-- process state from /proc: gone or zombie (PID 1 here may not reap) = not alive
+local function alive(pid)
+  local stat = read_file("/proc/" .. tostring(pid) .. "/stat")
+  if not stat then return false end
+  local state = stat:match("%) (%a)")
+  return state ~= "Z" and state ~= "X"
+end
+testing.alive = alive
+
+local function kill(pid, sig)
+  os.execute(("kill -s %s %d >/dev/null 2>&1"):format(sig or "TERM", pid))
+end
+
+-- paths --------------------------------------------------------------------------
+
+do
+  local src = debug.getinfo(1, "S").source
+  local file = src:sub(1, 1) == "@" and src:sub(2) or "lua/postern/testing.lua"
+  file = absolute(file)
+  local dir = file:match("^(.*)/[^/]*$") or "."
+  local root = dir:gsub("/lua/postern$", "")
+  if root == dir then root = dir .. "/../.." end
+  testing.root = root
+end
+testing.bin = os.getenv("POSTERN_BIN") or (testing.root .. "/build/postern")
+testing.luajit = os.getenv("LUAJIT") or "luajit"
+
+function testing.free_port()
+  local s = assert(socket.bind("127.0.0.1", 0))
+  local _, port = s:getsockname()
+  s:close()
+  return tonumber(port)
+end
+
+-- serializer ---------------------------------------------------------------------
+
+local keywords = {}
+for w in ([[and break do else elseif end false for function goto if in local nil
+  not or repeat return then true until while]]):gmatch("%a+") do keywords[w] = true end
+
+local function ser(v, indent, seen)
+  local t = type(v)
+  if t == "string" then
+    return (("%q"):format(v):gsub("\\\n", "\\n"))
+  elseif t == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then error("cannot serialize " .. tostring(v)) end
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
+    return ("%.17g"):format(v)
+  elseif t == "boolean" then
+    return tostring(v)
+  elseif t == "table" then
+    if seen[v] then error("cannot serialize a table that contains itself") end
+    seen[v] = true
+    local n = #v
+    local inner = indent .. "  "
+    local out = {}
+    for i = 1, n do out[#out + 1] = inner .. ser(v[i], inner, seen) .. "," end
+    local keys = {}
+    for k in pairs(v) do
+      if not (type(k) == "number" and k >= 1 and k <= n and k == math.floor(k)) then
+        keys[#keys + 1] = k
+      end
+    end
+    table.sort(keys, function(a, b)
+      if type(a) == type(b) then return a < b end
+      return type(a) == "number"
+    end)
+    for _, k in ipairs(keys) do
+      local ks
+      if type(k) == "string" and k:match("^[%a_][%w_]*$") and not keywords[k] then
+        ks = k
+      else
+        ks = "[" .. ser(k, inner, seen) .. "]"
+      end
+      out[#out + 1] = inner .. ks .. " = " .. ser(v[k], inner, seen) .. ","
+    end
+    seen[v] = nil
+    if #out == 0 then return "{}" end
+    return "{\n" .. table.concat(out, "\n") .. "\n" .. indent .. "}"
+  else
+    error("cannot serialize a " .. t)
+  end
+end
+
+function testing.serialize(v) return ser(v, "", {}) end
+
+function testing.write_config(path, tbl)
+  write_file(path, "return " .. testing.serialize(tbl) .. "\n")
+  return path
+end
+
+-- polling ------------------------------------------------------------------------
+
+-- call fn until it returns non-nil (false aborts at once) or timeout (-> nil)
+local function poll(timeout, fn)
+  local deadline = socket.gettime() + timeout
+  while true do
+    local r = fn()
+    if r ~= nil then return r end
+    if socket.gettime() >= deadline then return nil end
+    socket.sleep(0.02)
+  end
+end
+
+local function lines_of(s)
+  local out = {}
+  for l in (s or ""):gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
+-- mock IMAP backend ----------------------------------------------------------------
+
+local Mock = {}
+Mock.__index = Mock
+
+function testing.mock_imap(opts)
+  opts = opts or {}
+  local dir = mktemp_dir("postern-mock")
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.port = opts.port or 0
+  o.host = opts.host or "127.0.0.1"
+  o.record = dir .. "/record"
+  local opts_path = dir .. "/options.lua"
+  testing.write_config(opts_path, o)
+  write_file(o.record, "")
+  local m = setmetatable({ dir = dir, host = o.host, record_path = o.record,
+    log_path = dir .. "/mock.log", name = o.name }, Mock)
+  local cmd = ("exec %s %s %s >%s 2>&1 & echo $!"):format(testing.luajit,
+    sh_quote(testing.root .. "/lua/postern/mock_imap.lua"), sh_quote(opts_path), sh_quote(m.log_path))
+  m.pid = tonumber(capture(cmd))
+  assert(m.pid, "could not start the mock")
+  local port = poll(5, function()
+    local first = (read_file(m.record_path) or ""):match("^READY (%d+)\n")
+    if first then return tonumber(first) end
+    if not alive(m.pid) then return false end
+  end)
+  if not port then
+    local log = m:log()
+    m:stop()
+    error("mock_imap did not become ready; log:\n" .. log, 2)
+  end
+  m.port = port
+  return m
+end
+
+function Mock:log() return read_file(self.log_path) or "" end
+
+function Mock:lines()
+  local out = {}
+  for _, l in ipairs(lines_of(read_file(self.record_path))) do
+    if not l:match("^READY ") then out[#out + 1] = l end
+  end
+  return out
+end
+
+function Mock:wait_for(pattern, timeout)
+  local line = poll(timeout or 3, function()
+    for _, l in ipairs(self:lines()) do
+      if l:find(pattern) then return l end
+    end
+  end)
+  if not line then
+    error(("mock %s: no record matching %q; records:\n%s"):format(self.name or self.port,
+      pattern, table.concat(self:lines(), "\n")), 2)
+  end
+  return line
+end
+
+function Mock:logins()
+  local out = {}
+  for _, l in ipairs(self:lines()) do
+    local user, pass, mech = l:match("^AUTH (%S*) (.*) (%S+)$")
+    if user then out[#out + 1] = { user = user, password = pass, mechanism = mech } end
+  end
+  return out
+end
+
+function Mock:stop()
+  if self.stopped then return end
+  self.stopped = true
+  if self.pid then
+    kill(self.pid, "TERM")
+    if not poll(5, function() return not alive(self.pid) or nil end) then
+      kill(self.pid, "KILL")
+      poll(2, function() return not alive(self.pid) or nil end)
+    end
+  end
+  rm_rf(self.dir)
+end
+
+-- the real postern ---------------------------------------------------------------
+
+local Proxy = {}
+Proxy.__index = Proxy
+
+local BAD_LOG = { "[alert]", "[crit]", "AddressSanitizer", "LeakSanitizer", "runtime error:" }
+
+local function port_of(address)
+  return tonumber(tostring(address):match(":(%d+)$"))
+end
+
+function testing.start(opts)
+  opts = opts or {}
+  local dir = mktemp_dir("postern-test")
+  local p = setmetatable({ dir = dir, log_path = dir .. "/postern.log",
+    conf_path = dir .. "/proxy.conf.lua", pid_path = dir .. "/pid", exit_path = dir .. "/exit" }, Proxy)
+
+  local policy
+  if opts.policy_source then
+    policy = dir .. "/policy.lua"
+    write_file(policy, opts.policy_source)
+  elseif opts.policy then
+    policy = absolute(opts.policy)
+  end
+
+  local conf = {
+    server_name = "postern.test",
+    log_level = "debug",
+    error_log = p.log_path,
+    timeout = 10,
+    policy = policy,
+    listen = { { address = "127.0.0.1:" .. testing.free_port(), protocol = "imap" } },
+  }
+  for k, v in pairs(opts.config or {}) do conf[k] = v end
+  if opts.config and opts.config.listen then
+    local listen = {}
+    for i, l in ipairs(opts.config.listen) do
+      local e = {}
+      for k, v in pairs(l) do e[k] = v end
+      e.address = e.address or ("127.0.0.1:" .. testing.free_port())
+      listen[i] = e
+    end
+    conf.listen = listen
+  end
+  p.config = conf
+  p.ports = {}
+  for i, l in ipairs(conf.listen or {}) do p.ports[i] = port_of(l.address) end
+  p.port = p.ports[1]
+  testing.write_config(p.conf_path, conf)
+  write_file(p.log_path, "")
+
+  -- inner.sh writes its own pid and execs postern (same pid); run.sh records the exit code
+  local env = {}
+  for k, v in pairs(opts.env or {}) do env[#env + 1] = sh_quote(k .. "=" .. tostring(v)) end
+  table.sort(env)
+  write_file(dir .. "/inner.sh", ("echo $$ >%s\nexec env %s %s -c %s\n"):format(
+    sh_quote(p.pid_path), table.concat(env, " "), sh_quote(testing.bin), sh_quote(p.conf_path)))
+  write_file(dir .. "/run.sh", ("sh %s >>%s 2>&1\necho $? >%s\n"):format(
+    sh_quote(dir .. "/inner.sh"), sh_quote(p.log_path), sh_quote(p.exit_path)))
+  capture(("cd %s && exec sh %s </dev/null >/dev/null 2>&1 & echo $!"):format(
+    sh_quote(testing.root), sh_quote(dir .. "/run.sh")))
+
+  local function failed(why)
+    if p.pid and alive(p.pid) then
+      kill(p.pid, "KILL")
+      poll(2, function() return not alive(p.pid) or nil end)
+    end
+    p.stopped = true
+    error(("postern %s (dir %s); log:\n%s"):format(why, dir, p:log()), 3)
+  end
+
+  p.pid = poll(5, function() return tonumber((read_file(p.pid_path) or ""):match("%d+")) end)
+  if not p.pid then failed("did not start") end
+  if not p.port then return p end
+  local ready = poll(5, function()
+    if read_file(p.exit_path) then return false end
+    local s = socket.tcp()
+    s:settimeout(0.2)
+    local ok = s:connect("127.0.0.1", p.port)
+    s:close()
+    if ok then return true end
+  end)
+  if not ready then
+    local code = read_file(p.exit_path)
+    failed(code and ("exited with status " .. trim(code) .. " before listening")
+      or ("did not accept on 127.0.0.1:" .. p.port .. " within 5 s"))
+  end
+  return p
+end
+
+function Proxy:log() return read_file(self.log_path) or "" end
+
+function Proxy:alive() return self.pid ~= nil and alive(self.pid) end
+
+function Proxy:wait_log(pattern, timeout)
+  local line = poll(timeout or 3, function()
+    for _, l in ipairs(lines_of(self:log())) do
+      if l:find(pattern) then return l end
+    end
+  end)
+  if not line then
+    error(("postern log: nothing matching %q; log:\n%s"):format(pattern, self:log()), 2)
+  end
+  return line
+end
+
+function Proxy:signal(name)
+  kill(self.pid, name or "TERM")
+end
+
+function Proxy:stop()
+  if self.stopped then return self.exit_status end
+  self.stopped = true
+  if self.pid then kill(self.pid, "TERM") end
+  local exited = poll(5, function()
+    return (read_file(self.exit_path) ~= nil and not alive(self.pid)) or nil
+  end)
+  if not exited then
+    kill(self.pid, "KILL")
+    poll(2, function() return not alive(self.pid) or nil end)
+    error(("postern did not exit within 5 s of SIGTERM (dir %s); log:\n%s"):format(self.dir, self:log()), 2)
+  end
+  -- the wrapper writes the file right after the exit: wait for its content
+  local code = poll(1, function() return tonumber((read_file(self.exit_path) or ""):match("%d+")) end)
+  self.exit_status = code
+  local log = self:log()
+  local bad = {}
+  for _, l in ipairs(lines_of(log)) do
+    for _, pat in ipairs(BAD_LOG) do
+      if l:find(pat, 1, true) then
+        bad[#bad + 1] = l
+        break
+      end
+    end
+  end
+  if #bad > 0 then
+    error(("postern log has %d bad line(s) (dir %s):\n%s"):format(#bad, self.dir, table.concat(bad, "\n")), 2)
+  end
+  if code ~= 0 then
+    error(("postern exited with status %s (dir %s); log:\n%s"):format(tostring(code), self.dir, log), 2)
+  end
+  rm_rf(self.dir)
+  return code
+end
+
+function testing.check_config(conf)
+  local path, dir
+  if type(conf) == "table" then
+    dir = mktemp_dir("postern-check")
+    path = testing.write_config(dir .. "/proxy.conf.lua", conf)
+  else
+    path = absolute(conf)
+  end
+  local out = capture(("cd %s && %s -t -c %s 2>&1; echo \"@@exit=$?\""):format(
+    sh_quote(testing.root), sh_quote(testing.bin), sh_quote(path)))
+  rm_rf(dir)
+  local code = tonumber(out:match("@@exit=(%d+)%s*$"))
+  out = out:gsub("@@exit=%d+%s*$", "")
+  return code == 0, out
+end
+
+-- line client ----------------------------------------------------------------------
+
+local Client = {}
+Client.__index = Client
+
+function testing.client(opts)
+  opts = opts or {}
+  assert(opts.port, "testing.client: port is required")
+  local host = opts.host or "127.0.0.1"
+  local s = assert(socket.tcp())
+  if opts.bind then
+    local ok, err = s:bind(opts.bind, 0)
+    if not ok then error("testing.client: bind " .. opts.bind .. ": " .. tostring(err), 2) end
+  end
+  local timeout = opts.timeout or 5
+  s:settimeout(timeout)
+  local ok, err = s:connect(host, opts.port)
+  if not ok then
+    s:close()
+    error(("testing.client: connect %s:%s: %s"):format(host, opts.port, tostring(err)), 2)
+  end
+  s:setoption("tcp-nodelay", true)
+  return setmetatable({ sock = s, buf = "", timeout = timeout, eof = false }, Client)
+end
+
+-- read whatever is available (waiting until deadline); returns chunk or nil, "timeout"|"closed"
+function Client:_recv(deadline)
+  if self.eof then return nil, "closed" end
+  local s = self.sock
+  while true do
+    s:settimeout(0)
+    local got = {}
+    while true do
+      local data, err, partial = s:receive(65536)
+      data = data or partial
+      if data and #data > 0 then got[#got + 1] = data end
+      if err then
+        if err ~= "timeout" then self.eof = true; self.eof_reason = err end
+        break
+      end
+    end
+    if #got > 0 then return table.concat(got) end
+    if self.eof then return nil, "closed" end
+    local left = deadline - socket.gettime()
+    if left <= 0 then return nil, "timeout" end
+    socket.select({ s }, nil, left)
+  end
+end
+
+function Client:send(data)
+  self.sock:settimeout(self.timeout)
+  local ok, err = self.sock:send(data)
+  if not ok then error("client send failed: " .. tostring(err), 2) end
+  return true
+end
+
+local function show(s)
+  if #s > 200 then s = s:sub(1, 200) .. "..." end
+  return ("%q"):format(s)
+end
+
+function Client:line(timeout)
+  local deadline = socket.gettime() + (timeout or self.timeout)
+  while true do
+    local i = self.buf:find("\n", 1, true)
+    if i then
+      local line = self.buf:sub(1, i - 1)
+      self.buf = self.buf:sub(i + 1)
+      if line:sub(-1) ~= "\r" then
+        error("line not terminated by CRLF (bare LF): " .. show(line), 2)
+      end
+      return line:sub(1, -2)
+    end
+    local data, err = self:_recv(deadline)
+    if not data then
+      if err == "closed" then
+        error("connection closed by peer while waiting for a line; partial: " .. show(self.buf), 2)
+      end
+      error("timeout waiting for a line; partial: " .. show(self.buf), 2)
+    end
+    self.buf = self.buf .. data
+  end
+end
+
+function Client:expect(pattern, timeout)
+  local ok, line = pcall(self.line, self, timeout)
+  if not ok then error(line, 2) end
+  if not line:find(pattern) then
+    error(("expected a line matching %q, got %s"):format(pattern, show(line)), 2)
+  end
+  return line
+end
+
+function Client:read_bytes(n, timeout)
+  local deadline = socket.gettime() + (timeout or self.timeout)
+  local parts, have = {}, 0
+  if #self.buf > 0 then
+    local take = math.min(n, #self.buf)
+    parts[1] = self.buf:sub(1, take)
+    self.buf = self.buf:sub(take + 1)
+    have = take
+  end
+  while have < n do
+    local data, err = self:_recv(deadline)
+    if not data then
+      error(("%s after %d of %d bytes"):format(err == "closed" and "connection closed" or "timeout",
+        have, n), 2)
+    end
+    local need = n - have
+    if #data > need then
+      self.buf = data:sub(need + 1)
+      data = data:sub(1, need)
+    end
+    parts[#parts + 1] = data
+    have = have + #data
+  end
+  return table.concat(parts)
+end
+
+-- a response line plus any literals it announces ("{n}" at the end of a line)
+function Client:response(timeout)
+  local ok, line = pcall(self.line, self, timeout)
+  if not ok then error(line, 2) end
+  local parts = { line }
+  while true do
+    local n = tonumber(line:match("{(%d+)}$"))
+    if not n then break end
+    local ok2, data = pcall(self.read_bytes, self, n, timeout)
+    if not ok2 then error(data, 2) end
+    ok, line = pcall(self.line, self, timeout)
+    if not ok then error(line, 2) end
+    parts[#parts + 1] = "\r\n" .. data .. line
+  end
+  return table.concat(parts)
+end
+
+function Client:command(tag, text, timeout)
+  self:send(tag .. " " .. text .. "\r\n")
+  local untagged = {}
+  local prefix = tag .. " "
+  while true do
+    local ok, line = pcall(self.response, self, timeout)
+    if not ok then
+      error(("%s; untagged so far:\n%s"):format(line, table.concat(untagged, "\n")), 2)
+    end
+    if line:sub(1, #prefix) == prefix then return line, untagged end
+    untagged[#untagged + 1] = line
+  end
+end
+
+function Client:closed(timeout)
+  local deadline = socket.gettime() + (timeout or self.timeout)
+  while true do
+    local data, err = self:_recv(deadline)
+    if data then
+      self.buf = self.buf .. data
+    elseif err == "closed" then
+      return true
+    else
+      return false
+    end
+  end
+end
+
+function Client:close()
+  if self.sock then self.sock:close() end
+  self.eof = true
+end
+
+return testing

@@ -1,0 +1,15 @@
+-- postern's default configuration: the demo that `make run` starts.
+-- Every key is described in README.md ("Configuration reference").
+return {
+  server_name = "postern.local",
+  policy = "scripts/static_users.lua",  -- users in scripts/users.txt
+  log_level = "info",
+  error_log = "stderr",
+  proxy_pass_error_message = true,
+  timeout = 60,            -- idle client before login
+  proxy_timeout = 600,     -- idle session while relaying
+  max_errors = 5,
+  listen = {
+    { address = "127.0.0.1:1143", protocol = "imap", auth = { "plain", "login" } },
+  },
+}
