@@ -41,7 +41,7 @@ void session_log(const session_t *s, int level, const char *fmt, ...)
 {
     if (!log_enabled(level))
         return;
-    char msg[1536], login[200] = "", up[200] = "";
+    char msg[1536], login[160] = "", up[200] = "";
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
@@ -49,12 +49,11 @@ void session_log(const session_t *s, int level, const char *fmt, ...)
     if (s->cred.user) {
         /* user names come from the client: keep the log line one line */
         size_t j = 0;
-        for (const char *p = s->cred.user; *p && j < 120; p++)
+        j += (size_t)snprintf(login, sizeof login, ", login: \"");
+        for (const char *p = s->cred.user; *p && j < 140; p++)
             login[j++] = (*p < 0x20 || *p == 0x7f || *p == '"') ? '?' : *p;
+        login[j++] = '"';
         login[j] = '\0';
-        char tmp[200];
-        snprintf(tmp, sizeof tmp, ", login: \"%s\"", login);
-        memcpy(login, tmp, sizeof tmp);
     }
     if (s->upstream_name[0])
         snprintf(up, sizeof up, ", upstream: %s", s->upstream_name);

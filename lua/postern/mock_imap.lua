@@ -603,16 +603,20 @@ while true do
     if c then flush(c) end
   end
 
-  t = now()
   for _, c in pairs(conns) do
-    if not c.closed then
+    -- run the connection until it waits for something that is not there yet
+    local progress = true
+    while progress and not c.closed do
+      progress = false
       if #c.out > 0 then flush(c) end
-      if c.wait == "sleep" and t >= c.deadline then resume(c)
-      elseif c.wait == "write" and c.outlen <= OUTBUF_HIGH then resume(c) end
-      if not c.closed and #c.out > 0 then flush(c) end
-      if not c.closed and c.finished and #c.out == 0 then close_conn(c) end
-      if not c.closed and c.eof and not c.finished and c.wait == "read" then resume(c) end
-      if not c.closed and c.eof and c.finished then close_conn(c) end
+      if c.closed or c.finished then break end
+      if (c.wait == "sleep" and now() >= c.deadline)
+        or (c.wait == "write" and c.outlen <= OUTBUF_HIGH)
+        or (c.wait == "read" and c.eof) then
+        resume(c)
+        progress = true
+      end
     end
+    if not c.closed and c.finished and #c.out == 0 then close_conn(c) end
   end
 end
