@@ -1,8 +1,11 @@
 --- postern.testing: test your policy with busted against the real postern
 --- binary and scripted mock backends.
 --
--- Run specs with:
---   busted --lua=luajit --lpath='lua/?.lua;lua/?/init.lua;spec/?.lua' spec/my_policy_spec.lua
+-- Run specs from the repo root with:
+--   busted spec/my_policy_spec.lua        (.busted sets lua = "luajit" and lpath)
+-- or without .busted (busted --lua=... re-executes itself through sh and would
+-- split an unquoted ';' lpath):
+--   luajit /usr/bin/busted --ignore-lua --lpath='lua/?.lua;lua/?/init.lua;spec/?.lua' spec/my_policy_spec.lua
 --
 -- A complete spec (spec/my_policy_spec.lua):
 --
@@ -45,8 +48,8 @@
 --       assert.matches("^a1 OK", tagged)
 --       local _, untagged = c:command("a2", "LIST \"\" *")
 --       assert.matches("backend%-a", table.concat(untagged, "\n"))
---       a:wait_for("LOGIN")
---       assert.same({ user = "alice", password = "secret", mechanism = "login" }, a:logins()[1])
+--       a:wait_for("^AUTH alice secret")      -- what the proxy sent upstream
+--       assert.equals("alice", a:logins()[1].user)
 --       c:command("a3", "LOGOUT")
 --       assert.is_true(c:closed(2))
 --     end)
@@ -83,6 +86,12 @@
 --   testing.client{ port, host, bind, timeout } -> client
 --     c:send(data) c:line(timeout) c:expect(pattern, timeout) c:command(tag, text, timeout)
 --     c:read_bytes(n, timeout) c:closed(timeout) c:close()
+--     c:response(timeout)  one line plus the literals it announces ({n} at line end);
+--                          c:command uses it, so a FETCH's untagged entry is
+--                          '* 1 FETCH (BODY[] {n}\r\n<n bytes>)'
+--
+-- Leftovers: a mock or proxy that is garbage-collected (or still running
+-- when busted closes its Lua state) gets SIGTERM; always stop() in teardown.
 --
 -- Mock record lines (mock:lines()): "CONNECT <id> <ip> <port>", "<id> <command as
 -- received>", "AUTH <user> <password> <mechanism>", "CLOSE <id>".
@@ -156,6 +165,19 @@ testing.alive = alive
 
 local function kill(pid, sig)
   os.execute(("kill -s %s %d >/dev/null 2>&1"):format(sig or "TERM", pid))
+end
+
+-- SIGTERM the process when obj is collected without stop() (LuaJIT: no __gc on tables)
+local function guard(obj)
+  local proxy = newproxy and newproxy(true)
+  if not proxy then return end
+  getmetatable(proxy).__gc = function()
+    if not obj.stopped and obj.pid then
+      kill(obj.pid, "TERM")
+      if obj.record_path then rm_rf(obj.dir) end   -- a mock's files are of no use later
+    end
+  end
+  obj._guard = proxy
 end
 
 -- paths --------------------------------------------------------------------------
@@ -277,6 +299,7 @@ function testing.mock_imap(opts)
     sh_quote(testing.root .. "/lua/postern/mock_imap.lua"), sh_quote(opts_path), sh_quote(m.log_path))
   m.pid = tonumber(capture(cmd))
   assert(m.pid, "could not start the mock")
+  guard(m)
   local port = poll(5, function()
     local first = (read_file(m.record_path) or ""):match("^READY (%d+)\n")
     if first then return tonumber(first) end
@@ -409,6 +432,7 @@ function testing.start(opts)
 
   p.pid = poll(5, function() return tonumber((read_file(p.pid_path) or ""):match("%d+")) end)
   if not p.pid then failed("did not start") end
+  guard(p)
   if not p.port then return p end
   local ready = poll(5, function()
     if read_file(p.exit_path) then return false end
