@@ -552,9 +552,21 @@ static void set_path(lua_State *L, const char *policy)
         memcpy(dir, policy, (size_t)(slash - policy));
         dir[slash - policy] = '\0';
     }
+    /* The policy's directory, the source tree's lua/ (a build run in
+     * place), then the installed copy next to the binary. */
+    char exe[1024];
+    size_t exelen = sizeof exe;
+    char installed[1100] = "";
+    if (uv_exepath(exe, &exelen) == 0) {
+        char *sl = strrchr(exe, '/');
+        if (sl) {
+            *sl = '\0';
+            snprintf(installed, sizeof installed, "%s/../share/postern/lua/?.lua;", exe);
+        }
+    }
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "path");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s/?.lua;%s", POSTERN_LUA_DIR, POSTERN_LUA_DIR, dir,
+    lua_pushfstring(L, "%s/?.lua;%s/?.lua;%s/?/init.lua;%s%s", dir, POSTERN_LUA_DIR, POSTERN_LUA_DIR, installed,
                     lua_tostring(L, -1));
     lua_setfield(L, -3, "path");
     lua_pop(L, 2);

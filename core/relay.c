@@ -47,10 +47,18 @@ static void relay_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init(d->buf, (unsigned)d->size);
 }
 
+/* The upstream closing ends the session once its last bytes reached the
+ * client (as nginx does: a mail server that closed has nothing more to
+ * say). The client closing only half-closes towards the upstream, which
+ * may still answer what the client sent last. */
 static void finish_if_done(relay_t *r)
 {
-    if (r->up.eof && r->down.eof && !r->up.writing && !r->down.writing)
+    if (!r->down.eof || r->down.writing)
+        return;
+    if (r->s->client_queued == 0)
         session_close(r->s, "proxied session done");
+    else
+        session_quit(r->s);
 }
 
 static void shut_done(uv_shutdown_t *req, int status)
