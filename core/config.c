@@ -94,7 +94,7 @@ static int opt_number(check_t *c, const char *path, const char *key, double *out
     int rc = 0;
     if (t == LUA_TNUMBER) {
         double v = lua_tonumber(c->L, -1);
-        if (v < min || v > max)
+        if (!(v >= min && v <= max)) /* NaN fails too */
             rc = fail(c, kp, "must be between %g and %g", min, max);
         else
             *out = v;
@@ -132,6 +132,17 @@ static int opt_bool(check_t *c, const char *path, const char *key, bool *out)
     return rc;
 }
 
+/* An IMAP atom: what may stand in a capability list. */
+static int is_atom(const char *w)
+{
+    if (!*w)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)w; *p; p++)
+        if (*p <= 0x20 || *p >= 0x7f || strchr("(){%*\"\\]", *p))
+            return 0;
+    return 1;
+}
+
 /* A list of words, given as an array of strings or one space-separated
  * string; returned joined by single spaces, or NULL when absent. */
 static int opt_words(check_t *c, const char *path, const char *key, char **out)
@@ -140,20 +151,28 @@ static int opt_words(check_t *c, const char *path, const char *key, char **out)
     int t = get_field(c, path, key, kp, sizeof kp);
     int rc = 0;
     if (t == LUA_TSTRING) {
-        *out = strdup(lua_tostring(c->L, -1));
+        /* one string of space-separated words */
+        const char *w = lua_tostring(c->L, -1);
+        char *copy = strdup(w), *save = NULL;
+        for (char *tok = strtok_r(copy, " ", &save); tok && rc == 0; tok = strtok_r(NULL, " ", &save))
+            if (!is_atom(tok))
+                rc = fail(c, kp, "\"%s\" is not a word of atom characters", tok);
+        free(copy);
+        if (rc == 0)
+            *out = strdup(w);
     } else if (t == LUA_TTABLE) {
         lua_State *L = c->L;
         int n = (int)lua_objlen(L, -1);
         size_t total = 1;
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
-            int bad = lua_type(L, -1) != LUA_TSTRING;
+            int bad = lua_type(L, -1) != LUA_TSTRING || !is_atom(lua_tostring(L, -1));
             total += lua_objlen(L, -1) + 1;
             lua_pop(L, 1);
             if (bad) {
                 char ip[300];
                 snprintf(ip, sizeof ip, "%s[%d]", kp, i);
-                rc = fail(c, ip, "expected a string");
+                rc = fail(c, ip, "expected a word of atom characters (no space, control, ( ) { %% * \" \\ ])");
                 break;
             }
         }
@@ -349,6 +368,10 @@ static int read_config(check_t *c, config_t *cfg)
         if (cfg->log_level < 0)
             return fail(c, "log_level", "must be \"error\", \"warn\", \"info\" or \"debug\"");
     }
+    if (cfg->server_name)
+        for (const char *p = cfg->server_name; *p; p++)
+            if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+                return fail(c, "server_name", "must be one word of printable characters (a host name)");
     if (!cfg->policy)
         return fail(c, "policy", "missing (the Lua policy file, e.g. \"scripts/static_users.lua\")");
     char *p = config_path(cfg, cfg->policy);

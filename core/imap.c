@@ -249,8 +249,8 @@ static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
         for (int i = 1; i < cmd->nargs - 1; i++) {
             const imap_arg_t *a = &cmd->args[i];
             int is_nil = imap_arg_is(buf, a, "NIL") && i % 2 == 0;
-            if (a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL && !is_nil)
-                ok = 0;
+            if ((a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL && !is_nil) || a->len > 1024)
+                ok = 0; /* RFC 2971: strings of at most 1024 octets */
             size += a->len * 2 + 3;
         }
         if (ok) {

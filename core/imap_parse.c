@@ -49,11 +49,12 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
         pos++;
     if (pos == len)
         return IMAP_PARSE_AGAIN;
-    cmd->tag_len = pos;
+    /* Without a valid tag the reply must be untagged: tag_len stays 0. */
     if (pos == 0 || buf[pos] != ' ')
         return bad(buf, len, pos, cmd, pos == 0 ? "Missing tag" : "Invalid tag");
     if (pos > IMAP_MAX_TAG)
         return bad(buf, len, pos, cmd, "Tag too long");
+    cmd->tag_len = pos;
     pos++;
 
     cmd->name_off = pos;
@@ -165,6 +166,12 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             a->off = pos;
             a->len = n;
             pos += n;
+            /* {0}: no data to wait for, but the client still waits for
+             * our "+" before it sends the rest of the line. */
+            if (sync && n == 0 && pos == len) {
+                cmd->sync_literals = sync_seen;
+                return IMAP_PARSE_AGAIN;
+            }
             if (pos < len && !is_atom_end((unsigned char)buf[pos]))
                 return bad(buf, len, pos, cmd, "Junk after literal");
         } else {

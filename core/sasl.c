@@ -12,6 +12,10 @@ char *sasl_b64_decode(const char *in, size_t len, size_t *outlen)
         *outlen = 0;
         return calloc(1, 1);
     }
+    /* RFC 4648 base64 comes padded: a cut-off group is an error, not a
+     * shorter credential. */
+    if (len % 4 != 0)
+        return NULL;
     size_t n = 0;
     int rc = mbedtls_base64_decode(NULL, 0, &n, (const unsigned char *)in, len);
     if (rc == MBEDTLS_ERR_BASE64_INVALID_CHARACTER)

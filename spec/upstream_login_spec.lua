@@ -21,6 +21,31 @@ local function black_hole()
   return tonumber(port), function() filler:close(); srv:close() end
 end
 
+-- an upstream scripted byte by byte from the test (one connection)
+local function raw_upstream(sc)
+  local socket = require "socket"
+  local srv = assert(socket.bind("127.0.0.1", 0))
+  srv:settimeout(5)
+  local r = { port = tonumber((select(2, srv:getsockname()))) }
+  function r:accept()
+    self.s = assert(srv:accept())
+    self.s:settimeout(5)
+    self.s:setoption("tcp-nodelay", true)
+  end
+  function r:send(data) assert(self.s:send(data)) end
+  function r:line() return assert(self.s:receive("*l")) end
+  function r:closed(timeout)
+    self.s:settimeout(timeout)
+    local _, err = self.s:receive(1)
+    return err == "closed"
+  end
+  sc.stops[#sc.stops + 1] = function()
+    if r.s then r.s:close() end
+    srv:close()
+  end
+  return r
+end
+
 local function plain_b64(user, pass)
   return (mime.b64("\0" .. user .. "\0" .. pass))
 end
@@ -248,6 +273,113 @@ describe("upstream login", function()
       assert.equal("a2 OK LIST completed", c:line())
       assert.equal("a3 OK NOOP completed", c:line())
       assert.same({ 'a1 LOGIN "alice" "secret"', 'a2 LIST "" *', "a3 NOOP" }, scene.commands(m))
+    end)
+  end)
+
+  describe("with an upstream scripted byte by byte", function()
+    it("reads a greeting that arrives in pieces", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4")
+      testing.sleep(0.1)
+      up:send("rev1 LITERAL+] hel")
+      testing.sleep(0.1)
+      up:send("lo\r")
+      testing.sleep(0.1)
+      up:send("\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up:send("a1 OK Logged in\r\n")
+      assert.equal("a1 OK Logged in", c:line())
+    end)
+
+    it("passes on data the upstream sends right behind its tagged OK, in the same packet", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up:send("* CAPABILITY IMAP4rev1 IDLE\r\na1 OK Logged in\r\n* 3 EXISTS\r\n* OK [ALERT] hello\r\n")
+      assert.equal("* CAPABILITY IMAP4rev1 IDLE", c:line())
+      assert.equal("a1 OK Logged in", c:line())
+      assert.equal("* 3 EXISTS", c:line())
+      assert.equal("* OK [ALERT] hello", c:line())
+      c:send("a2 NOOP\r\n")
+      assert.equal("a2 NOOP", up:line())
+    end)
+
+    it("waits for each + before sending the next piece of a synchronizing literal LOGIN", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      local pw = "caf\195\169"
+      c:send("a1 LOGIN alice {" .. #pw .. "+}\r\n" .. pw .. "\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      local first = up:line()
+      assert.is_true(first == 'a1 LOGIN "alice" {5}' or first == "a1 LOGIN {5}", "got " .. first)
+      -- nothing more may come before the continuation
+      up.s:settimeout(0.3)
+      local early, err = up.s:receive(1)
+      assert.is_nil(early)
+      assert.equal("timeout", err)
+      up.s:settimeout(5)
+      up:send("+ go on\r\n")
+      if first == "a1 LOGIN {5}" then
+        assert.equal("alice {5}", up:line())
+        up:send("+ go on\r\n")
+      end
+      assert.equal(pw, up:line())
+      up:send("a1 OK welcome\r\n")
+      assert.equal("a1 OK welcome", c:line())
+    end)
+
+    it("answers NO [UNAVAILABLE] and stays bounded when the upstream greets with a line over 64 KiB", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up.s:settimeout(0.2)
+      up.s:send("* OK " .. string.rep("x", 200000))
+      assert.matches("^a1 NO %[UNAVAILABLE%]", c:line())
+      assert.is_true(up:closed(2), "postern kept the upstream connection")
+    end)
+
+    it("answers NO [UNAVAILABLE] when the upstream floods untagged lines during the login", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up.s:settimeout(0.2)
+      up.s:send(string.rep("* OK spam spam spam spam spam spam spam\r\n", 5000))
+      assert.matches("^a1 NO %[UNAVAILABLE%]", c:line())
+      assert.equal("a2 OK NOOP completed", (c:command("a2", "NOOP")))
+    end)
+
+    it("answers NO [UNAVAILABLE] when the upstream sends a continuation nobody asked for", function()
+      local sc = scene.new(finally)
+      local up = raw_upstream(sc)
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up:send("+ what?\r\n")
+      assert.matches("^a1 NO %[UNAVAILABLE%]", c:line())
     end)
   end)
 
