@@ -567,9 +567,13 @@ static void upstream_line(session_t *s, const char *line, size_t len)
                 session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
             }
         } else if (starts(line, len, "* PREAUTH")) {
-            char ok[200];
-            int n = snprintf(ok, sizeof ok, "%s OK Logged in\r\n", st->tag);
-            session_upstream_ready(s, ok, (size_t)n);
+            /* Already logged in: pass its capabilities on, if it gave any. */
+            const char *caps = find_caps(line, len);
+            const char *end = caps ? memchr(caps, ']', len - (size_t)(caps - line)) : NULL;
+            char *ok = end ? xprintf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
+                           : xprintf("%s OK Logged in\r\n", st->tag);
+            session_upstream_ready(s, ok, strlen(ok));
+            free(ok);
         } else {
             snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
                      line);
@@ -612,8 +616,8 @@ static void upstream_line(session_t *s, const char *line, size_t len)
                 /* NO or BAD: the credentials did not work there. */
                 const char *text = rest;
                 size_t tlen = rl;
-                if (starts(rest, rl, "NO ") || starts(rest, rl, "BAD")) {
-                    size_t skip = rest[0] == 'N' || rest[0] == 'n' ? 3 : 3;
+                size_t skip = starts(rest, rl, "NO") ? 2 : starts(rest, rl, "BAD") ? 3 : 0;
+                if (skip && (rl == skip || rest[skip] == ' ')) {
                     text = rest + skip;
                     tlen = rl - skip;
                     while (tlen && *text == ' ')

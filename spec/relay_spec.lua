@@ -193,6 +193,64 @@ describe("relay", function()
     end)
   end)
 
+  describe("with an upstream that stops reading", function()
+    it("stops reading the client instead of buffering an upload without bound, and delivers it all later", function()
+      local sc = scene.new(finally)
+      local up = sc:raw_upstream()
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up:send("a1 OK Logged in\r\n")
+      assert.equal("a1 OK Logged in", c:line())
+
+      local rss0 = assert(scene.rss_kib(p.pid))
+      local chunk = string.rep("z", 65536)
+      local cap = 64 * 1024 * 1024
+      local sent, stalled_since = 0, nil
+      c.sock:settimeout(0)
+      while sent < cap do
+        local last, err, partial = c.sock:send(chunk)
+        local n = last or partial or 0
+        sent = sent + n
+        if n < #chunk then
+          assert.equal("timeout", err)
+          -- keep the stream whole: push the rest of this chunk later
+          chunk = chunk:sub(n + 1) .. string.rep("z", n)
+          stalled_since = stalled_since or testing.now()
+          if testing.now() - stalled_since > 0.5 then break end
+          testing.sleep(0.05)
+        else
+          stalled_since = nil
+        end
+      end
+      assert.is_true(sent < cap, "the client could push " .. sent .. " bytes into a non-reading upstream")
+      testing.sleep(0.3)
+      local rss1 = assert(scene.rss_kib(p.pid))
+      assert.is_true(rss1 - rss0 < 10 * 1024,
+        ("postern's resident memory grew by %d KiB while the upstream did not read"):format(rss1 - rss0))
+
+      -- now the upstream reads: every byte the client sent arrives, unaltered
+      local got, all_z = 0, true
+      local deadline = testing.now() + 30
+      up.s:settimeout(0.5)
+      while got < sent and testing.now() < deadline do
+        local data, err, part = up.s:receive(65536)
+        data = data or part
+        if data and #data > 0 then
+          got = got + #data
+          if data:find("[^z]") then all_z = false end
+        elseif err == "closed" then
+          break
+        end
+      end
+      assert.equal(sent, got)
+      assert.is_true(all_z, "the upload was altered")
+    end)
+  end)
+
   describe("with proxy_timeout = 1", function()
     it("closes a relayed session that stays idle for proxy_timeout", function()
       local sc = scene.new(finally)

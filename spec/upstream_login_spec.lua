@@ -21,31 +21,6 @@ local function black_hole()
   return tonumber(port), function() filler:close(); srv:close() end
 end
 
--- an upstream scripted byte by byte from the test (one connection)
-local function raw_upstream(sc)
-  local socket = require "socket"
-  local srv = assert(socket.bind("127.0.0.1", 0))
-  srv:settimeout(5)
-  local r = { port = tonumber((select(2, srv:getsockname()))) }
-  function r:accept()
-    self.s = assert(srv:accept())
-    self.s:settimeout(5)
-    self.s:setoption("tcp-nodelay", true)
-  end
-  function r:send(data) assert(self.s:send(data)) end
-  function r:line() return assert(self.s:receive("*l")) end
-  function r:closed(timeout)
-    self.s:settimeout(timeout)
-    local _, err = self.s:receive(1)
-    return err == "closed"
-  end
-  sc.stops[#sc.stops + 1] = function()
-    if r.s then r.s:close() end
-    srv:close()
-  end
-  return r
-end
-
 local function plain_b64(user, pass)
   return (mime.b64("\0" .. user .. "\0" .. pass))
 end
@@ -107,6 +82,21 @@ describe("upstream login", function()
       local tagged, untagged = c:command("a2", 'LIST "" *')
       assert.equal("a2 OK LIST completed", tagged)
       assert.equal('* LIST (\\HasNoChildren) "/" INBOX', untagged[1])
+    end)
+
+    it("sends a UTF-8 user name as a literal too, and the login succeeds", function()
+      local user = "j\195\182rg" -- "jörg", 5 bytes
+      local sc = scene.new(finally)
+      local m = sc:mock { name = "backend", capabilities = "IMAP4rev1 ID AUTH=PLAIN" }
+      local p = sc:proxy { ["*"] = sc.route(m) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN {5+}\r\n" .. user .. " secret\r\n")
+      c:expect("^a1 OK ")
+      local cmds = scene.commands(m)
+      assert.equal(1, #cmds)
+      local rest = cmds[1]:match("^a1 LOGIN {5}" .. user .. " (.*)$")
+      assert.is_true(rest == '"secret"' or rest == "{6}secret", "sent " .. cmds[1])
+      assert.same({ user = user, password = "secret", mechanism = "login" }, m:logins()[1])
     end)
 
     it("logs in upstream with LOGIN after the client used AUTHENTICATE PLAIN", function()
@@ -212,7 +202,7 @@ describe("upstream login", function()
       local m = sc:mock { name = "backend", greeting = "* PREAUTH [CAPABILITY IMAP4rev1 IDLE] welcome, alice" }
       local p = sc:proxy { ["*"] = sc.route(m) }
       local c = sc:client(p)
-      assert.matches("^a1 OK", (c:command("a1", "LOGIN alice secret")))
+      assert.equal("a1 OK [CAPABILITY IMAP4rev1 IDLE] Logged in", (c:command("a1", "LOGIN alice secret")))
       assert.same({}, m:logins())
       local tagged, untagged = c:command("a2", 'LIST "" *')
       assert.equal("a2 OK LIST completed", tagged)
@@ -279,7 +269,7 @@ describe("upstream login", function()
   describe("with an upstream scripted byte by byte", function()
     it("reads a greeting that arrives in pieces", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       c:send("a1 LOGIN alice secret\r\n")
@@ -298,7 +288,7 @@ describe("upstream login", function()
 
     it("passes on data the upstream sends right behind its tagged OK, in the same packet", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       c:send("a1 LOGIN alice secret\r\n")
@@ -316,7 +306,7 @@ describe("upstream login", function()
 
     it("waits for each + before sending the next piece of a synchronizing literal LOGIN", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       local pw = "caf\195\169"
@@ -343,7 +333,7 @@ describe("upstream login", function()
 
     it("answers NO [UNAVAILABLE] and stays bounded when the upstream greets with a line over 64 KiB", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       c:send("a1 LOGIN alice secret\r\n")
@@ -356,7 +346,7 @@ describe("upstream login", function()
 
     it("answers NO [UNAVAILABLE] when the upstream floods untagged lines during the login", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       c:send("a1 LOGIN alice secret\r\n")
@@ -369,9 +359,41 @@ describe("upstream login", function()
       assert.equal("a2 OK NOOP completed", (c:command("a2", "NOOP")))
     end)
 
+    it("answers NO [UNAVAILABLE], without passing the BYE on, when the upstream says BYE and closes during the login",
+      function()
+        local sc = scene.new(finally)
+        local up = sc:raw_upstream()
+        local p = sc:proxy { ["*"] = sc.route(up.port) }
+        local c = sc:client(p)
+        c:send("a1 LOGIN alice secret\r\n")
+        up:accept()
+        up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+        assert.equal('a1 LOGIN "alice" "secret"', up:line())
+        up:send("* BYE shutting down\r\n")
+        up.s:close()
+        up.s = nil
+        assert.matches("^a1 NO %[UNAVAILABLE%]", c:line())
+        assert.equal("a2 OK NOOP completed", (c:command("a2", "NOOP")))
+      end)
+
+    it("gives the client a well-formed NO when the upstream's refusal has no text", function()
+      local sc = scene.new(finally)
+      local up = sc:raw_upstream()
+      local p = sc:proxy { ["*"] = sc.route(up.port) }
+      local c = sc:client(p)
+      c:send("a1 LOGIN alice secret\r\n")
+      up:accept()
+      up:send("* OK [CAPABILITY IMAP4rev1] hi\r\n")
+      assert.equal('a1 LOGIN "alice" "secret"', up:line())
+      up:send("a1 NO\r\n")
+      local tagged = c:line()
+      assert.matches("^a1 NO %S", tagged)
+      assert.is_nil(tagged:find("NO NO", 1, true), "got " .. tagged)
+    end)
+
     it("answers NO [UNAVAILABLE] when the upstream sends a continuation nobody asked for", function()
       local sc = scene.new(finally)
-      local up = raw_upstream(sc)
+      local up = sc:raw_upstream()
       local p = sc:proxy { ["*"] = sc.route(up.port) }
       local c = sc:client(p)
       c:send("a1 LOGIN alice secret\r\n")
@@ -425,6 +447,16 @@ describe("upstream login", function()
       assert.matches("^a2 OK ", (c:command("a2", "LOGIN bob hunter2")))
       assert.same({ 'a2 LOGIN "bob" "hunter2"' }, scene.commands(good))
       assert.same({ { user = "bob", password = "hunter2", mechanism = "login" } }, good:logins())
+    end)
+
+    it("does not try the next upstream of the list when the first refuses the login", function()
+      local sc = scene.new(finally)
+      local refusing = sc:mock { name = "refusing", refuse = "wrong password" }
+      local good = sc:mock { name = "good" }
+      local p = sc:proxy { ["*"] = { sc.route(refusing), sc.route(good) } }
+      local c = sc:client(p)
+      assert.equal("a1 NO [AUTHENTICATIONFAILED] wrong password", (c:command("a1", "LOGIN alice secret")))
+      assert.same({}, good:lines())
     end)
 
     it("answers commands pipelined behind a refused login itself, as before login", function()

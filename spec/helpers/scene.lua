@@ -101,6 +101,33 @@ function scene.records(m, kind)
   return out
 end
 
+-- an upstream scripted byte by byte from the test (one connection):
+-- up.port, up:accept(), up:send(data), up:line() (without CRLF),
+-- up:closed(timeout), up.s (the luasocket of the accepted connection)
+function scene:raw_upstream()
+  local socket = require "socket"
+  local srv = assert(socket.bind("127.0.0.1", 0))
+  srv:settimeout(5)
+  local r = { port = tonumber((select(2, srv:getsockname()))) }
+  function r:accept()
+    self.s = assert(srv:accept())
+    self.s:settimeout(5)
+    self.s:setoption("tcp-nodelay", true)
+  end
+  function r:send(data) assert(self.s:send(data)) end
+  function r:line() return assert(self.s:receive("*l")) end
+  function r:closed(timeout)
+    self.s:settimeout(timeout)
+    local _, err = self.s:receive(1)
+    return err == "closed"
+  end
+  self.stops[#self.stops + 1] = function()
+    if r.s then r.s:close() end
+    srv:close()
+  end
+  return r
+end
+
 -- resident memory of a process in KiB (nil when it is gone)
 function scene.rss_kib(pid)
   local f = io.open("/proc/" .. tostring(pid) .. "/status", "r")
