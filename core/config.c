@@ -143,54 +143,68 @@ static int is_atom(const char *w)
     return 1;
 }
 
-/* A list of words, given as an array of strings or one space-separated
- * string; returned joined by single spaces, or NULL when absent. */
+/* Every space-separated word of an entry must be an atom. */
+static int is_entry(const char *e)
+{
+    char *copy = strdup(e), *save = NULL;
+    int ok = 1, words = 0;
+    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save), words++)
+        ok &= is_atom(w);
+    free(copy);
+    return ok && words > 0 && !strchr(e, '\n');
+}
+
+/* A capability list: an array of entries ({ "IDLE", "SIZE 10485760" }) or
+ * one string of space-separated words. Returned "\n"-separated, or NULL
+ * when absent. */
 static int opt_words(check_t *c, const char *path, const char *key, char **out)
 {
     char kp[256];
     int t = get_field(c, path, key, kp, sizeof kp);
     int rc = 0;
+    lua_State *L = c->L;
     if (t == LUA_TSTRING) {
-        /* one string of space-separated words */
-        const char *w = lua_tostring(c->L, -1);
-        char *copy = strdup(w), *save = NULL;
-        for (char *tok = strtok_r(copy, " ", &save); tok && rc == 0; tok = strtok_r(NULL, " ", &save))
+        const char *w = lua_tostring(L, -1);
+        char *copy = strdup(w), *save = NULL, *list = calloc(1, strlen(w) + 1);
+        for (char *tok = strtok_r(copy, " ", &save); tok && rc == 0; tok = strtok_r(NULL, " ", &save)) {
             if (!is_atom(tok))
                 rc = fail(c, kp, "\"%s\" is not a word of atom characters", tok);
+            else
+                strcat(strcat(list, list[0] ? "\n" : ""), tok);
+        }
         free(copy);
         if (rc == 0)
-            *out = strdup(w);
+            *out = list;
+        else
+            free(list);
     } else if (t == LUA_TTABLE) {
-        lua_State *L = c->L;
         int n = (int)lua_objlen(L, -1);
         size_t total = 1;
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, i);
-            int bad = lua_type(L, -1) != LUA_TSTRING || !is_atom(lua_tostring(L, -1));
+            int bad = lua_type(L, -1) != LUA_TSTRING || !is_entry(lua_tostring(L, -1));
             total += lua_objlen(L, -1) + 1;
             lua_pop(L, 1);
             if (bad) {
                 char ip[300];
                 snprintf(ip, sizeof ip, "%s[%d]", kp, i);
-                rc = fail(c, ip, "expected a word of atom characters (no space, control, ( ) { %% * \" \\ ])");
+                rc = fail(c, ip, "expected words of atom characters (no control, ( ) { %% * \" \\ ])");
                 break;
             }
         }
         if (rc == 0) {
-            char *s = calloc(1, total);
+            char *list = calloc(1, total);
             for (int i = 1; i <= n; i++) {
                 lua_rawgeti(L, -1, i);
-                if (i > 1)
-                    strcat(s, " ");
-                strcat(s, lua_tostring(L, -1));
+                strcat(strcat(list, i > 1 ? "\n" : ""), lua_tostring(L, -1));
                 lua_pop(L, 1);
             }
-            *out = s;
+            *out = list;
         }
     } else if (t != LUA_TNIL) {
-        rc = fail(c, kp, "expected a list of strings, got %s", lua_typename(c->L, t));
+        rc = fail(c, kp, "expected a list of strings, got %s", lua_typename(L, t));
     }
-    lua_pop(c->L, 1);
+    lua_pop(L, 1);
     return rc;
 }
 
@@ -231,10 +245,10 @@ static int parse_address(const char *a, struct sockaddr_storage *ss, int *port)
 static const struct { const char *name; unsigned bit; } auth_names[] = {
     { "login", AUTH_LOGIN }, { "plain", AUTH_PLAIN }, { "cram-md5", AUTH_CRAM_MD5 },
     { "external", AUTH_EXTERNAL }, { "user", AUTH_USER }, { "apop", AUTH_APOP },
-    { "none", AUTH_NONE },
+    { "none", AUTH_NONE }, { "xoauth2", AUTH_XOAUTH2 }, { "oauthbearer", AUTH_OAUTHBEARER },
 };
 
-static int read_listener(check_t *c, config_t *cfg, int i, const char *global_caps)
+static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[3])
 {
     static const char *const keys[] = { "address", "protocol", "auth", "starttls", "tls",
                                         "xclient", "capabilities", NULL };
@@ -265,7 +279,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, const char *global_ca
     if (proto) {
         l->proto = proto_find(proto);
         if (!l->proto) {
-            int rc = fail(c, kp, "\"%s\" is not a protocol this build speaks (imap)", proto);
+            int rc = fail(c, kp, "\"%s\" is not a protocol this build speaks (imap, pop3, smtp)", proto);
             free(proto);
             return rc;
         }
@@ -326,7 +340,8 @@ static int read_listener(check_t *c, config_t *cfg, int i, const char *global_ca
     char *caps = NULL;
     if (opt_words(c, path, "capabilities", &caps) < 0)
         return -1;
-    l->capabilities = l->proto->capabilities(caps ? caps : global_caps, l->auth);
+    const char *dflt = global_caps[strcmp(l->proto->name, "imap") == 0 ? 0 : strcmp(l->proto->name, "pop3") == 0 ? 1 : 2];
+    l->capabilities = l->proto->capabilities(caps ? caps : dflt, l->auth);
     free(caps);
     return 0;
 }
@@ -336,8 +351,8 @@ static int read_config(check_t *c, config_t *cfg)
     static const char *const keys[] = {
         "server_name", "policy", "log_level", "error_log", "pidfile", "proxy_pass_error_message",
         "timeout", "proxy_timeout", "connect_timeout", "auth_timeout", "max_errors",
-        "max_login_attempts", "client_buffer", "proxy_buffer", "imap_capabilities", "tls",
-        "listen", NULL };
+        "max_login_attempts", "client_buffer", "proxy_buffer", "imap_capabilities", "pop3_capabilities",
+        "smtp_capabilities", "smtp_greeting_delay", "tls", "listen", NULL };
     lua_State *L = c->L;
     if (check_keys(c, "", keys) < 0)
         return -1;
@@ -356,7 +371,8 @@ static int read_config(check_t *c, config_t *cfg)
         opt_int(c, "", "max_errors", &cfg->max_errors, 1, 1000) < 0 ||
         opt_int(c, "", "max_login_attempts", &cfg->max_login_attempts, 1, 1000) < 0 ||
         opt_number(c, "", "client_buffer", &cb, 1024, 16 * 1024 * 1024) < 0 ||
-        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0) {
+        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0 ||
+        opt_number(c, "", "smtp_greeting_delay", &cfg->smtp_greeting_delay, 0, 600) < 0) {
         free(level);
         return -1;
     }
@@ -400,9 +416,14 @@ static int read_config(check_t *c, config_t *cfg)
     }
     lua_pop(L, 1);
 
-    char *global_caps = NULL;
-    if (opt_words(c, "", "imap_capabilities", &global_caps) < 0)
+    char *global_caps[3] = { NULL, NULL, NULL };
+    if (opt_words(c, "", "imap_capabilities", &global_caps[0]) < 0 ||
+        opt_words(c, "", "pop3_capabilities", &global_caps[1]) < 0 ||
+        opt_words(c, "", "smtp_capabilities", &global_caps[2]) < 0) {
+        for (int k = 0; k < 3; k++)
+            free(global_caps[k]);
         return -1;
+    }
     lua_getfield(L, -1, "listen");
     int rc = 0;
     if (lua_type(L, -1) != LUA_TTABLE || lua_objlen(L, -1) == 0) {
@@ -417,7 +438,8 @@ static int read_config(check_t *c, config_t *cfg)
         }
     }
     lua_pop(L, 1);
-    free(global_caps);
+    for (int k = 0; k < 3; k++)
+        free(global_caps[k]);
     return rc;
 }
 

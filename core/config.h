@@ -18,6 +18,8 @@ enum {
     AUTH_USER = 1 << 4, /* POP3 USER/PASS */
     AUTH_APOP = 1 << 5,
     AUTH_NONE = 1 << 6, /* SMTP without AUTH */
+    AUTH_XOAUTH2 = 1 << 7,
+    AUTH_OAUTHBEARER = 1 << 8,
 };
 
 typedef struct listen_conf {
@@ -28,7 +30,7 @@ typedef struct listen_conf {
     int starttls;                  /* 0 off, 1 on, 2 only */
     bool tls;
     bool xclient;
-    char *capabilities;            /* the full pre-auth capability string */
+    char *capabilities;            /* pre-auth capabilities, "\n"-separated entries */
 } listen_conf_t;
 
 typedef struct config {
@@ -41,6 +43,7 @@ typedef struct config {
     char *pidfile;
     bool proxy_pass_error_message;
     double timeout, proxy_timeout, connect_timeout, auth_timeout;
+    double smtp_greeting_delay;    /* SMTP: wait this long before the greeting */
     int max_errors;
     int max_login_attempts;
     size_t client_buffer;          /* pre-auth command + literal limit */

@@ -21,7 +21,7 @@
 #define IMAP_MAX_ID_PAIRS 30     /* RFC 2971 */
 #define IMAP_FWD_MAX (16 * 1024) /* untagged upstream lines passed on at login */
 
-enum { C_COMMAND, C_AUTH_PLAIN, C_AUTH_LOGIN_USER, C_AUTH_LOGIN_PASS };
+enum { C_COMMAND, C_SASL, C_OAUTH_ERROR };
 enum { U_GREETING, U_CAPABILITY, U_LOGIN };
 enum { CAP_LITERALPLUS = 1, CAP_SASL_IR = 2, CAP_AUTH_PLAIN = 4, CAP_LOGINDISABLED = 8 };
 
@@ -29,6 +29,8 @@ typedef struct imap_state {
     int state;
     char tag[IMAP_MAX_TAG + 1];
     int lit_acked;               /* "+" already sent for this many literals */
+    sasl_t sasl;
+    char *oauth_failure;         /* the NO sent once the client answers the OAuth error */
     char *id_params;             /* the client's ID list, kept for the upstream */
 
     int ustate;
@@ -36,6 +38,7 @@ typedef struct imap_state {
     char *pending[3];            /* login pieces, each sent after a "+" */
     int npending, next_pending;
     buf_t fwd;                   /* untagged login replies for the client */
+    int umech;                   /* SASL mechanism used upstream, 0 for LOGIN */
 } imap_state_t;
 
 static imap_state_t *st_of(session_t *s)
@@ -56,6 +59,7 @@ static void imap_cleanup(session_t *s)
 {
     imap_state_t *st = st_of(s);
     free(st->id_params);
+    free(st->oauth_failure);
     free_pending(st);
     buf_free(&st->fwd);
 }
@@ -81,16 +85,24 @@ static char *imap_capabilities(const char *configured, unsigned auth)
 {
     const char *base = configured ? configured : "IMAP4rev1";
     static const char *const always[] = { "SASL-IR", "LITERAL+", "ID", NULL };
-    size_t n = strlen(base) + 128;
+    size_t n = strlen(base) + 256;
     char *caps = malloc(n);
     snprintf(caps, n, "%s", base);
+    for (char *p = caps; *p; p++) /* entries are words: one line */
+        if (*p == '\n')
+            *p = ' ';
     for (const char *const *w = always; *w; w++)
         if (!has_word(caps, *w))
             strcat(strcat(caps, " "), *w);
-    if ((auth & AUTH_PLAIN) && !has_word(caps, "AUTH=PLAIN"))
-        strcat(caps, " AUTH=PLAIN");
-    if ((auth & AUTH_LOGIN) && !has_word(caps, "AUTH=LOGIN"))
-        strcat(caps, " AUTH=LOGIN");
+    char mechs[128];
+    sasl_mech_list(auth, mechs, sizeof mechs);
+    char *save = NULL;
+    for (char *m = strtok_r(mechs, " ", &save); m; m = strtok_r(NULL, " ", &save)) {
+        char word[64];
+        snprintf(word, sizeof word, "AUTH=%s", m);
+        if (!has_word(caps, word))
+            strcat(strcat(caps, " "), word);
+    }
     return caps;
 }
 
@@ -121,6 +133,18 @@ static void imap_auth_refused(session_t *s, const refusal_t *r)
         msg = r->temporary ? "Temporary authentication failure, try again later" : "Authentication failed";
     if (msg[0] == '[') /* the policy chose its own response code */
         code = "";
+    if (s->cred.mechanism && strstr("xoauth2 oauthbearer", s->cred.mechanism)) {
+        /* RFC 7628 §3.2.2: an error challenge first; the NO follows the
+         * client's (dummy) answer. */
+        char challenge[256];
+        sasl_oauth_error(challenge, sizeof challenge, r->temporary);
+        free(st->oauth_failure);
+        if (asprintf(&st->oauth_failure, "%s NO %s%s\r\n", st->tag, code, msg) < 0)
+            st->oauth_failure = NULL;
+        session_printf(s, "+ %s\r\n", challenge);
+        st->state = C_OAUTH_ERROR;
+        return;
+    }
     session_printf(s, "%s NO %s%s\r\n", st->tag, code, msg);
     st->state = C_COMMAND;
 }
@@ -163,51 +187,34 @@ static void cmd_login(session_t *s, const char *buf, const imap_command_t *cmd)
     explicit_bzero(pass, sizeof pass);
 }
 
-/* A decoded SASL message from the client (continuation or SASL-IR). */
-static void auth_step(session_t *s, const char *b64, size_t len)
+/* What the shared SASL machine answered: a challenge, done, or an error. */
+static void sasl_result(session_t *s, int rc, const char *challenge)
 {
     imap_state_t *st = st_of(s);
-    if (len == 1 && b64[0] == '*') {
+    switch (rc) {
+    case SASL_NEXT:
+        st->state = C_SASL;
+        session_printf(s, "+ %s\r\n", challenge);
+        return;
+    case SASL_DONE:
+        st->state = C_COMMAND;
+        session_authenticate(s);
+        return;
+    case SASL_CANCELLED:
         st->state = C_COMMAND;
         reply(s, "BAD", "Authentication cancelled");
         return;
-    }
-    size_t n;
-    char *msg = sasl_b64_decode(b64, len, &n);
-    if (!msg) {
+    case SASL_BAD_BASE64:
         st->state = C_COMMAND;
         reply(s, "BAD", "Invalid base64 data");
         session_error(s);
         return;
-    }
-    if (st->state == C_AUTH_PLAIN) {
-        const char *authzid, *authcid, *passwd;
-        if (sasl_plain_split(msg, n, &authzid, &authcid, &passwd) < 0 ||
-            !sasl_safe_credential(authcid, strlen(authcid)) ||
-            !sasl_safe_credential(passwd, n - (size_t)(passwd - msg)) || strlen(authcid) > IMAP_MAX_CRED ||
-            strlen(passwd) > IMAP_MAX_CRED) {
-            st->state = C_COMMAND;
-            reply(s, "BAD", "Invalid PLAIN message");
-            session_error(s);
-        } else {
-            begin_auth(s, "plain", strdup(authcid), strdup(passwd), authzid[0] ? strdup(authzid) : NULL);
-        }
-    } else if (!sasl_safe_credential(msg, n) || n > IMAP_MAX_CRED || (st->state == C_AUTH_LOGIN_USER && n == 0)) {
+    default:
         st->state = C_COMMAND;
-        reply(s, "BAD", "Invalid user name or password");
+        reply(s, "BAD", "Invalid SASL message");
         session_error(s);
-    } else if (st->state == C_AUTH_LOGIN_USER) {
-        session_reset_credentials(s);
-        s->cred.user = strdup(msg);
-        st->state = C_AUTH_LOGIN_PASS;
-        session_printf(s, "+ UGFzc3dvcmQ6\r\n");
-    } else {
-        char *user = s->cred.user;
-        s->cred.user = NULL;
-        begin_auth(s, "login", user, strdup(msg), NULL);
+        return;
     }
-    explicit_bzero(msg, n);
-    free(msg);
 }
 
 static void cmd_authenticate(session_t *s, const char *buf, const imap_command_t *cmd)
@@ -219,20 +226,16 @@ static void cmd_authenticate(session_t *s, const char *buf, const imap_command_t
         session_error(s);
         return;
     }
-    unsigned auth = s->listener->auth;
-    if (imap_arg_is(buf, &cmd->args[0], "PLAIN") && (auth & AUTH_PLAIN)) {
-        st->state = C_AUTH_PLAIN;
-    } else if (imap_arg_is(buf, &cmd->args[0], "LOGIN") && (auth & AUTH_LOGIN)) {
-        st->state = C_AUTH_LOGIN_USER;
-    } else {
+    int mech = sasl_mech_from_name(buf + cmd->args[0].off, cmd->args[0].len, s->listener->auth);
+    if (!mech) {
         reply(s, "NO", "Unsupported authentication mechanism");
         return;
     }
-    if (cmd->nargs == 2) {
-        auth_step(s, buf + cmd->args[1].off, cmd->args[1].len);
-        return;
-    }
-    session_printf(s, st->state == C_AUTH_PLAIN ? "+ \r\n" : "+ VXNlcm5hbWU6\r\n");
+    char challenge[512];
+    int rc = sasl_begin(&st->sasl, mech, cmd->nargs == 2 ? buf + cmd->args[1].off : NULL,
+                        cmd->nargs == 2 ? cmd->args[1].len : 0, s->cfg->server_name, &s->cred, challenge,
+                        sizeof challenge);
+    sasl_result(s, rc, challenge);
 }
 
 /* ID ( "name" "value" ... ) or ID NIL (RFC 2971). Answered here; the
@@ -347,7 +350,17 @@ static void imap_client_input(session_t *s)
             char *line = malloc(ll + 1);
             memcpy(line, s->cin.data, ll);
             buf_consume(&s->cin, used);
-            auth_step(s, line, ll);
+            if (st->state == C_OAUTH_ERROR) {
+                st->state = C_COMMAND;
+                if (st->oauth_failure)
+                    session_write(s, st->oauth_failure, strlen(st->oauth_failure));
+                free(st->oauth_failure);
+                st->oauth_failure = NULL;
+            } else {
+                char challenge[512];
+                int rc = sasl_step(&st->sasl, line, ll, &s->cred, challenge, sizeof challenge);
+                sasl_result(s, rc, challenge);
+            }
             explicit_bzero(line, ll);
             free(line);
             continue;
@@ -473,58 +486,62 @@ static char *xprintf(const char *fmt, ...)
     return r;
 }
 
+/* AUTHENTICATE <mech> with its initial response: on the command line with
+ * SASL-IR, else after the server's "+". */
+static void send_authenticate(session_t *s, int mech, const char *user, const char *pass)
+{
+    imap_state_t *st = st_of(s);
+    char *b64 = sasl_client_response(mech, user, pass);
+    char *line;
+    st->umech = mech;
+    if (st->ucaps & CAP_SASL_IR) {
+        line = xprintf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
+    } else {
+        line = xprintf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
+        st->pending[st->npending++] = xprintf("%s\r\n", b64);
+    }
+    explicit_bzero(b64, strlen(b64));
+    free(b64);
+    session_upstream_write(s, line, strlen(line));
+    explicit_bzero(line, strlen(line));
+    free(line);
+}
+
 static void send_login(session_t *s)
 {
     imap_state_t *st = st_of(s);
     const char *user = session_upstream_user(s), *pass = session_upstream_password(s);
     if (!user || !pass) {
-        session_upstream_failed(s, "no password to log in to the upstream with");
+        session_upstream_failed(s, "no password to log in to the upstream with (the policy must give one "
+                                   "for CRAM-MD5 and APOP clients)");
         return;
     }
     free_pending(st);
     st->ustate = U_LOGIN;
-    if (st->ucaps & CAP_LOGINDISABLED) {
+    st->umech = 0;
+    const upstream_t *u = session_upstream(s);
+    int mech = sasl_upstream_mech(&s->cred, u->auth);
+    if (mech == SASL_XOAUTH2 || mech == SASL_OAUTHBEARER || mech == SASL_PLAIN) {
+        send_authenticate(s, mech, user, pass);
+        return;
+    }
+    if (st->ucaps & CAP_LOGINDISABLED && mech != SASL_LOGIN) {
         if (!(st->ucaps & CAP_AUTH_PLAIN)) {
             session_upstream_failed(s, "upstream has LOGINDISABLED and no AUTH=PLAIN");
             return;
         }
-        size_t ul = strlen(user), pl = strlen(pass);
-        char *msg = malloc(ul + pl + 2);
-        msg[0] = '\0';
-        memcpy(msg + 1, user, ul);
-        msg[1 + ul] = '\0';
-        memcpy(msg + 2 + ul, pass, pl);
-        char *b64 = sasl_b64_encode(msg, ul + pl + 2);
-        explicit_bzero(msg, ul + pl + 2);
-        free(msg);
-        char *line;
-        if (st->ucaps & CAP_SASL_IR) {
-            line = xprintf("%s AUTHENTICATE PLAIN %s\r\n", st->tag, b64);
-        } else {
-            line = xprintf("%s AUTHENTICATE PLAIN\r\n", st->tag);
-            st->pending[st->npending++] = xprintf("%s\r\n", b64);
-        }
-        explicit_bzero(b64, strlen(b64));
-        free(b64);
-        session_upstream_write(s, line, strlen(line));
-        explicit_bzero(line, strlen(line));
-        free(line);
+        send_authenticate(s, SASL_PLAIN, user, pass);
         return;
     }
     char *line;
     if (quotable(user) && quotable(pass)) {
         char *qu = quote(user), *qp = quote(pass);
-        size_t n = strlen(st->tag) + strlen(qu) + strlen(qp) + 16;
-        line = malloc(n);
-        snprintf(line, n, "%s LOGIN %s %s\r\n", st->tag, qu, qp);
+        line = xprintf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
         explicit_bzero(qp, strlen(qp));
         free(qu);
         free(qp);
     } else if (st->ucaps & CAP_LITERALPLUS) {
-        size_t n = strlen(st->tag) + strlen(user) + strlen(pass) + 64;
-        line = malloc(n);
-        snprintf(line, n, "%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass),
-                 pass);
+        line = xprintf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
     } else {
         line = xprintf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
         st->pending[st->npending++] = xprintf("%s {%zu}\r\n", user, strlen(pass));
@@ -595,6 +612,10 @@ static void upstream_line(session_t *s, const char *line, size_t len)
             if (st->next_pending < st->npending) {
                 const char *seg = st->pending[st->next_pending++];
                 session_upstream_write(s, seg, strlen(seg));
+            } else if (st->umech == SASL_XOAUTH2 || st->umech == SASL_OAUTHBEARER) {
+                /* the token was refused: answer the error challenge, the NO follows */
+                const char *dummy = st->umech == SASL_OAUTHBEARER ? "AQ==\r\n" : "\r\n";
+                session_upstream_write(s, dummy, strlen(dummy));
             } else {
                 session_upstream_failed(s, "upstream sent an unexpected continuation");
             }
@@ -660,7 +681,7 @@ const proto_t proto_imap = {
     .name = "imap",
     .default_ports = { 143, 993 },
     .default_auth = AUTH_LOGIN | AUTH_PLAIN,
-    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN,
+    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER,
     .state_size = sizeof(imap_state_t),
     .capabilities = imap_capabilities,
     .start = imap_start,

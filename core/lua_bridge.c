@@ -8,6 +8,7 @@
 #include "lua_bridge.h"
 
 #include "log.h"
+#include "sasl.h"
 #include "session.h"
 
 #include <lauxlib.h>
@@ -135,7 +136,7 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
 
 static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path, char *err, size_t errlen)
 {
-    static const char *const known[] = { "host", "port", "user", "password", "tls", "verify", "sni",
+    static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni",
                                          "xclient", "proxy_protocol", "name", NULL };
     int bad = 0;
     lua_pushnil(L);
@@ -153,6 +154,10 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
     u->host = opt_str(L, idx, "host", path, err, errlen, &bad);
     u->user = opt_str(L, idx, "user", path, err, errlen, &bad);
     u->password = opt_str(L, idx, "password", path, err, errlen, &bad);
+    u->auth = opt_str(L, idx, "auth", path, err, errlen, &bad);
+    lua_getfield(L, idx, "xclient");
+    u->xclient = lua_isnil(L, -1) ? -1 : lua_toboolean(L, -1);
+    lua_pop(L, 1);
     char *tls = opt_str(L, idx, "tls", path, err, errlen, &bad);
     if (tls && strcmp(tls, "off") != 0 && !bad) {
         snprintf(err, errlen, "%s.tls: \"%s\" is not available in this build yet", path, tls);
@@ -226,7 +231,13 @@ static refusal_t *read_refusal(lua_State *L, int idx)
         lua_getfield(L, idx, "wait");
         r->wait = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
         lua_getfield(L, idx, "code");
-        r->code = lua_isnumber(L, -1) ? (int)lua_tonumber(L, -1) : 0;
+        if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING) {
+            /* 451 or "451 4.3.0": digits, dots and spaces only */
+            const char *c = lua_tostring(L, -1);
+            if (strlen(c) >= 3 && strlen(c) < 16 && strspn(c, "0123456789. ") == strlen(c) &&
+                (c[0] == '4' || c[0] == '5'))
+                r->code = strdup(c);
+        }
         lua_getfield(L, idx, "temporary");
         r->temporary = lua_toboolean(L, -1);
         lua_pop(L, 4);
@@ -307,15 +318,41 @@ static int session_newindex(lua_State *L)
     return luaL_error(L, "session fields are read-only (use s.vars for your own data)");
 }
 
-/* s:check_password(cleartext): true when the client proved it knows it. */
+/* s:check_password(cleartext): true when the client proved it knows it,
+ * whatever the mechanism: a constant-time comparison for cleartext ones,
+ * the digest recomputed for CRAM-MD5 (RFC 2195) and APOP (RFC 1939). */
 static int session_check_password(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     size_t clen, plen;
     const char *clear = luaL_checklstring(L, 2, &clen);
-    lua_getfield(L, 1, "password");
-    const char *pw = lua_tolstring(L, -1, &plen);
-    int ok = pw && plen == clen && mbedtls_ct_memcmp(pw, clear, clen) == 0;
+    lua_getfield(L, 1, "mechanism");
+    const char *mech = lua_tostring(L, -1);
+    lua_getfield(L, 1, "salt");
+    const char *salt = lua_tostring(L, -1);
+    lua_getfield(L, 1, "digest");
+    const char *digest = lua_tostring(L, -1);
+    int ok = 0;
+    if (mech && salt && digest && strlen(digest) == 32 &&
+        (strcmp(mech, "cram-md5") == 0 || strcmp(mech, "apop") == 0)) {
+        char want[33];
+        if (mech[0] == 'c') {
+            sasl_hmac_md5_hex(clear, clen, salt, strlen(salt), want);
+        } else {
+            size_t sl = strlen(salt);
+            char *buf = malloc(sl + clen);
+            memcpy(buf, salt, sl);
+            memcpy(buf + sl, clear, clen);
+            sasl_md5_hex(buf, sl + clen, want);
+            explicit_bzero(buf, sl + clen);
+            free(buf);
+        }
+        ok = mbedtls_ct_memcmp(want, digest, 32) == 0;
+    } else {
+        lua_getfield(L, 1, "password");
+        const char *pw = lua_tolstring(L, -1, &plen);
+        ok = pw && plen == clen && mbedtls_ct_memcmp(pw, clear, clen) == 0;
+    }
     lua_pushboolean(L, ok);
     return 1;
 }
@@ -351,6 +388,18 @@ static void push_session(lua_State *L, session_t *s)
     set_str(L, "password", s->cred.password);
     set_str(L, "authzid", s->cred.authzid);
     set_str(L, "mechanism", s->cred.mechanism);
+    set_str(L, "salt", s->cred.salt);
+    set_str(L, "digest", s->cred.digest);
+    set_str(L, "helo", s->env.helo);
+    set_str(L, "mail_from", s->env.mail_from);
+    if (s->env.nrcpt > 0) {
+        lua_createtable(L, s->env.nrcpt, 0);
+        for (int i = 0; i < s->env.nrcpt; i++) {
+            lua_pushstring(L, s->env.rcpt_to[i]);
+            lua_rawseti(L, -2, i + 1);
+        }
+        lua_setfield(L, -2, "rcpt_to");
+    }
     set_num(L, "login_attempt", s->login_attempt);
     lua_pushcfunction(L, session_check_password);
     lua_setfield(L, -2, "check_password");

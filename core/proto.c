@@ -3,7 +3,7 @@
 
 #include <strings.h>
 
-static const proto_t *const protocols[] = { &proto_imap, NULL };
+static const proto_t *const protocols[] = { &proto_imap, &proto_pop3, &proto_smtp, NULL };
 
 const proto_t *proto_find(const char *name)
 {

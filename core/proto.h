@@ -26,13 +26,14 @@ typedef struct proto {
     void (*auth_refused)(struct session *s, const struct refusal *r);
     void (*bye)(struct session *s, const char *why); /* last words before close */
     void (*cleanup)(struct session *s);          /* free what the state points to */
+    void (*on_timer)(struct session *s);         /* a delay asked with session_protocol_timer() */
 
     /* Upstream login, after the policy chose an upstream. */
     void (*upstream_start)(struct session *s);   /* connected: login begins */
     void (*upstream_input)(struct session *s);   /* parse s->uin and act */
 } proto_t;
 
-extern const proto_t proto_imap;
+extern const proto_t proto_imap, proto_pop3, proto_smtp;
 
 const proto_t *proto_find(const char *name);
 const proto_t *proto_for_port(int port);

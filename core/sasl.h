@@ -1,23 +1,100 @@
-/* sasl.h: SASL pieces shared by the protocols: base64 (mbedTLS), the
- * PLAIN message, and the check that credentials are safe to forward. */
+/* sasl.h: SASL shared by IMAP, POP3 and SMTP: the mechanisms' message
+ * formats and small state machine (PLAIN, LOGIN, CRAM-MD5, XOAUTH2,
+ * OAUTHBEARER), the credentials they produce, and base64/MD5/HMAC from
+ * mbedTLS. Each protocol only wraps challenges in its own syntax
+ * ("+ x" for IMAP/POP3, "334 x" for SMTP). */
 #ifndef POSTERN_SASL_H
 #define POSTERN_SASL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+
+/* What the client presented; cleared before every attempt, so nothing
+ * stale can leak from one attempt into the next. */
+typedef struct credentials {
+    char *user;
+    char *password;          /* cleartext, or the bearer token (OAuth) */
+    char *authzid;           /* PLAIN's authorization identity */
+    char *salt;              /* CRAM-MD5 challenge / APOP timestamp */
+    char *digest;            /* CRAM-MD5 / APOP response, 32 hex digits */
+    const char *mechanism;   /* "plain", "login", "cram-md5", "apop", ... */
+} credentials_t;
+
+void credentials_clear(credentials_t *c);
+
+enum {
+    SASL_PLAIN = 1,
+    SASL_LOGIN,
+    SASL_CRAM_MD5,
+    SASL_XOAUTH2,
+    SASL_OAUTHBEARER,
+};
+
+typedef struct sasl {
+    int mech;                /* SASL_* in progress, 0 when none */
+    int step;
+    char salt[160];          /* CRAM-MD5 */
+} sasl_t;
+
+enum {
+    SASL_NEXT,               /* send `challenge` (base64, may be empty) and read a line */
+    SASL_DONE,               /* credentials are complete */
+    SASL_CANCELLED,          /* the client sent "*" */
+    SASL_BAD_MECH,           /* unknown or not offered */
+    SASL_BAD_BASE64,
+    SASL_BAD_MESSAGE,        /* well-formed base64, wrong content */
+};
+
+/* Mechanism names and the AUTH_* bits of config.h. */
+int sasl_mech_from_name(const char *name, size_t len, unsigned offered);
+const char *sasl_mech_name(int mech);   /* "PLAIN", ... */
+/* The offered mechanisms as "PLAIN LOGIN ..." into out. */
+void sasl_mech_list(unsigned offered, char *out, size_t outlen);
+
+/* Starts `mech` (SASL_*), with the initial response ir (NULL: none; "="
+ * is the empty one). Returns SASL_NEXT with a challenge, or what
+ * sasl_step would return for ir. */
+int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *server_name,
+               credentials_t *cred, char *challenge, size_t chlen);
+/* A continuation line from the client. */
+int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, char *challenge, size_t chlen);
+
+/* The error challenge an OAuth mechanism sends before failing (RFC 7628
+ * §3.2.2, and Google's XOAUTH2): base64 of a JSON status. */
+void sasl_oauth_error(char *out, size_t outlen, bool temporary);
+
+/* Which mechanism to log in upstream with: the upstream's `auth` override
+ * ("plain", "login", "xoauth2", "oauthbearer") when given, else the
+ * client's own OAuth mechanism (a token only works as a token), else 0:
+ * the protocol's usual way (LOGIN, USER/PASS, AUTH PLAIN...). */
+int sasl_upstream_mech(const credentials_t *client, const char *override);
+/* The initial response for `mech` (PLAIN or an OAuth one), malloc'd base64. */
+char *sasl_client_response(int mech, const char *user, const char *password);
+
+/* Client messages for logging in upstream (malloc'd base64). */
+char *sasl_plain_message(const char *user, const char *password);
+char *sasl_xoauth2_message(const char *user, const char *token);
+char *sasl_oauthbearer_message(const char *user, const char *token);
 
 /* Decodes base64 into a NUL-terminated malloc'd string; *outlen gets its
  * length. Returns NULL on bad base64. "=" alone decodes to "". */
 char *sasl_b64_decode(const char *in, size_t len, size_t *outlen);
-/* Encodes into a NUL-terminated malloc'd string. */
 char *sasl_b64_encode(const void *in, size_t len);
 
 /* Splits "authzid NUL authcid NUL passwd" (RFC 4616). The outputs point
- * into msg. Returns 0, or -1 when malformed (missing NULs, empty authcid). */
+ * into msg. Returns 0, or -1 when malformed. */
 int sasl_plain_split(const char *msg, size_t len, const char **authzid, const char **authcid,
                      const char **passwd);
 
 /* Credentials must never smuggle a line break or NUL into an upstream
  * command: 1 when s[0..len) is safe to forward, else 0. */
 int sasl_safe_credential(const char *s, size_t len);
+
+/* Lower-case hex of MD5(data) and of HMAC-MD5(key, data): 33 bytes out. */
+void sasl_md5_hex(const void *data, size_t len, char out[33]);
+void sasl_hmac_md5_hex(const void *key, size_t keylen, const void *data, size_t len, char out[33]);
+
+/* A fresh challenge "<pid.random.time@server_name>" (APOP, CRAM-MD5). */
+void sasl_make_salt(char *out, size_t outlen, const char *server_name);
 
 #endif

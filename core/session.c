@@ -90,7 +90,7 @@ static void addr_to_string(const struct sockaddr_storage *ss, char *ip, size_t i
 static void start_protocol(session_t *s)
 {
     s->phase = PHASE_PREAUTH;
-    uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->timeout * 1000), 0);
+    session_set_timeout(s, s->cfg->timeout);
     s->proto->start(s);
 }
 
@@ -141,7 +141,7 @@ void session_accept(uv_stream_t *server, const config_t *cfg, const listen_conf_
     client_read_start(s);
     if (lb_has_hook(s->policy, "on_connect")) {
         s->phase = PHASE_CONNECT_HOOK;
-        uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->auth_timeout * 1000), 0);
+        session_set_timeout(s, s->cfg->auth_timeout);
         lb_run_connect(s);
     } else {
         start_protocol(s);
@@ -193,7 +193,8 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     s->cin.len += (size_t)nread;
     if (s->phase == PHASE_PREAUTH) {
-        uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->timeout * 1000), 0);
+        if (!s->proto_timer)
+            session_set_timeout(s, s->cfg->timeout);
         process_input(s);
     } else if (buf_room(&s->cin) == 0) {
         /* Busy elsewhere (a hook, the upstream login): keep what came,
@@ -336,14 +337,16 @@ void session_close_all(void)
 
 void session_reset_credentials(session_t *s)
 {
-    credentials_t *c = &s->cred;
-    if (c->password) {
-        explicit_bzero(c->password, strlen(c->password));
-        free(c->password);
-    }
-    free(c->user);
-    free(c->authzid);
-    memset(c, 0, sizeof *c);
+    credentials_clear(&s->cred);
+}
+
+void envelope_clear(envelope_t *e)
+{
+    free(e->helo);
+    free(e->mail_from);
+    for (int i = 0; i < e->nrcpt; i++)
+        free(e->rcpt_to[i]);
+    memset(e, 0, sizeof *e);
 }
 
 void refusal_free(refusal_t *r)
@@ -351,6 +354,7 @@ void refusal_free(refusal_t *r)
     if (!r)
         return;
     free(r->message);
+    free(r->code);
     free(r);
 }
 
@@ -359,6 +363,7 @@ void upstreams_free(upstream_t *u, int n)
     for (int i = 0; i < n; i++) {
         free(u[i].host);
         free(u[i].user);
+        free(u[i].auth);
         if (u[i].password) {
             explicit_bzero(u[i].password, strlen(u[i].password));
             free(u[i].password);
@@ -380,6 +385,7 @@ static void session_free(session_t *s)
     refusal_free(s->pending_refusal);
     upstreams_free(s->upstreams, s->nupstreams);
     session_reset_credentials(s);
+    envelope_clear(&s->env);
     buf_free(&s->cin);
     buf_free(&s->uin);
     if (s->pstate) {
@@ -401,6 +407,11 @@ static void on_timeout(uv_timer_t *t)
     case PHASE_CLOSING:
         return;
     case PHASE_PREAUTH:
+        if (s->proto_timer) {
+            s->proto_timer = false;
+            s->proto->on_timer(s);
+            return;
+        }
         session_log(s, LL_INFO, "client timed out");
         s->close_reason = "client timed out";
         s->proto->bye(s, "Autologout; idle for too long");
@@ -426,7 +437,14 @@ static void on_timeout(uv_timer_t *t)
 
 void session_set_timeout(session_t *s, double seconds)
 {
+    s->proto_timer = false;
     uv_timer_start(&s->timer, on_timeout, (uint64_t)(seconds * 1000), 0);
+}
+
+void session_protocol_timer(session_t *s, double seconds)
+{
+    uv_timer_start(&s->timer, on_timeout, (uint64_t)(seconds * 1000), 0);
+    s->proto_timer = true;
 }
 
 /* ---- authentication ---- */
@@ -435,7 +453,7 @@ void session_authenticate(session_t *s)
 {
     s->login_attempt++;
     s->phase = PHASE_AUTH_HOOK;
-    uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->auth_timeout * 1000), 0);
+    session_set_timeout(s, s->cfg->auth_timeout);
     lb_run_authenticate(s);
 }
 
@@ -455,7 +473,7 @@ static void back_to_preauth(session_t *s)
         return;
     }
     s->phase = PHASE_PREAUTH;
-    uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->timeout * 1000), 0);
+    session_set_timeout(s, s->cfg->timeout);
     process_input(s);
     client_read_start(s);
 }
@@ -542,6 +560,7 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
     if (r->wait > 0) {
         s->phase = PHASE_REFUSE_WAIT;
         s->pending_refusal = r;
+        s->proto_timer = false;
         uv_timer_start(&s->timer, on_refusal_wait, (uint64_t)(r->wait * 1000), 0);
         return;
     }

@@ -7,6 +7,7 @@
 #include "buf.h"
 #include "config.h"
 #include "proto.h"
+#include "sasl.h"
 
 #include <uv.h>
 
@@ -28,14 +29,17 @@ typedef enum {
     PHASE_CLOSING,
 } session_phase_t;
 
-/* What the client presented; cleared before every attempt, so nothing
- * stale can leak from one attempt into the next. */
-typedef struct credentials {
-    char *user;
-    char *password;
-    char *authzid;
-    const char *mechanism;   /* "login", "plain", ... */
-} credentials_t;
+/* The SMTP envelope when the client does not authenticate (auth none):
+ * the policy routes on it. */
+#define ENVELOPE_MAX_RCPT 100
+typedef struct envelope {
+    char *helo;
+    char *mail_from;
+    char *rcpt_to[ENVELOPE_MAX_RCPT];
+    int nrcpt;
+} envelope_t;
+
+void envelope_clear(envelope_t *e);
 
 /* An upstream the policy chose. */
 typedef struct upstream {
@@ -43,13 +47,15 @@ typedef struct upstream {
     int port;
     char *user;              /* NULL: the client's */
     char *password;
+    char *auth;              /* mechanism to log in upstream with, NULL: the protocol picks */
+    int xclient;             /* SMTP XCLIENT: -1 the listener's default, 0 no, 1 yes */
 } upstream_t;
 
 /* A refusal from the policy (or from the core when something failed). */
 typedef struct refusal {
     char *message;           /* NULL: the protocol's generic text */
     double wait;
-    int code;                /* SMTP reply code, 0 = default */
+    char *code;              /* SMTP reply code, e.g. "451 4.3.0"; NULL = default */
     bool temporary;          /* not the user's fault: try again later */
 } refusal_t;
 
@@ -74,11 +80,13 @@ typedef struct session {
     bool client_reading;
     bool client_eof;
     bool quit;                    /* close once output is flushed */
+    bool proto_timer;             /* the timer runs proto->on_timer */
     size_t client_queued;         /* bytes written to the client not yet flushed */
 
     int errors;                   /* protocol errors (max_errors) */
     int login_attempt;
     credentials_t cred;
+    envelope_t env;
 
     struct lb_task *task;         /* the running hook, if any */
     int vars_ref;                 /* the Lua s.vars table */
@@ -114,6 +122,10 @@ bool session_output_blocked(const session_t *s); /* stop parsing until the clien
 void session_error(session_t *s);                 /* count an error; may quit */
 void session_reset_credentials(session_t *s);
 void session_set_timeout(session_t *s, double seconds); /* (re)arm the phase's timeout */
+/* Pre-auth: call proto->on_timer after `seconds` instead of the idle
+ * timeout (SMTP's greeting delay); the protocol re-arms the idle timeout
+ * with session_set_timeout(s, s->cfg->timeout). */
+void session_protocol_timer(session_t *s, double seconds);
 void session_authenticate(session_t *s);          /* s->cred is complete: ask the policy */
 void session_log(const session_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 

@@ -76,8 +76,11 @@
 --   testing.sleep(sec), testing.now()
 --   testing.serialize(value) -> Lua source text;  testing.write_config(path, table)
 --   testing.mock_imap(opts) -> mock   (options: see lua/postern/mock_imap.lua)
+--   testing.mock_pop3(opts) -> mock   (options: see lua/postern/mock_pop3.lua)
+--   testing.mock_smtp(opts) -> mock   (options: see lua/postern/mock_smtp.lua)
 --     mock.port, mock.host, mock.record_path, mock.log_path
 --     mock:lines() mock:wait_for(pattern, timeout=3) mock:logins() mock:log() mock:stop()
+--     mock:messages()  SMTP: messages received by DATA, { {bytes=, lines=, subject=}, ... }
 --   testing.start(opts) -> proxy      opts: policy | policy_source, config, env
 --     proxy.port, proxy.ports, proxy.dir, proxy.log_path, proxy.conf_path, proxy.pid
 --     proxy:log() proxy:wait_log(pattern, timeout=3) proxy:signal("HUP")
@@ -89,12 +92,47 @@
 --     c:response(timeout)  one line plus the literals it announces ({n} at line end);
 --                          c:command uses it, so a FETCH's untagged entry is
 --                          '* 1 FETCH (BODY[] {n}\r\n<n bytes>)'
+--     c:pop3(cmd, timeout)       sends cmd.."\r\n" (unless cmd is nil), returns the status line
+--     c:pop3_multi(cmd, timeout) -> status, lines: the multi-line body after +OK, dot-unstuffed,
+--                          without the final "." (nil after -ERR); linear in the body size
+--     c:smtp(cmd, timeout) -> code, texts, last: sends cmd (unless nil), reads one reply,
+--                          "250-a" / "250 b" gives 250, { "a", "b" }, "250 b"
+--
+-- POP3 (a listener with protocol = "pop3" in config.listen):
+--
+--   local m = testing.mock_pop3 { name = "pop-a", users = { alice = "secret" }, apop = true }
+--   local c = testing.client { port = proxy.port }     -- or m.port to talk to the mock
+--   assert.matches("^%+OK", c:pop3())                  -- the greeting
+--   assert.matches("^%+OK", c:pop3("USER alice"))
+--   assert.matches("^%+OK", c:pop3("PASS secret"))
+--   local status, lines = c:pop3_multi("RETR 1")
+--   assert.matches("pop3%-body from pop%-a", table.concat(lines, "\n"))
+--   c:pop3("QUIT"); assert.is_true(c:closed(2))
+--   m:wait_for("^AUTH alice secret user$")             -- what the proxy sent upstream
+--   -- APOP against the mock: local ts = greeting:match("<.->")
+--   --   c:pop3("APOP alice " .. require("postern.md5").hex(ts .. "secret"))
+--
+-- SMTP (protocol = "smtp"):
+--
+--   local m = testing.mock_smtp { name = "mx-a", users = { alice = "secret" }, xclient = true }
+--   local c = testing.client { port = proxy.port }
+--   assert.equals(220, (c:smtp()))                     -- the greeting
+--   local code, kw = c:smtp("EHLO client.example")     -- kw[1] is the server name
+--   assert.equals(235, (c:smtp("AUTH PLAIN " .. require("mime").b64("\0alice\0secret"))))
+--   c:send("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\nDATA\r\n")   -- pipelined
+--   assert.equals(250, (c:smtp())); assert.equals(250, (c:smtp())); assert.equals(354, (c:smtp()))
+--   assert.equals(250, (c:smtp("Subject: hi\r\n\r\nbody\r\n.")))
+--   assert.equals("hi", m:messages()[1].subject)
+--   m:wait_for("^XCLIENT ADDR=127%.0%.0%.1")           -- when the policy asks for xclient
+--   c:smtp("QUIT"); assert.is_true(c:closed(2))
 --
 -- Leftovers: a mock or proxy that is garbage-collected (or still running
 -- when busted closes its Lua state) gets SIGTERM; always stop() in teardown.
 --
 -- Mock record lines (mock:lines()): "CONNECT <id> <ip> <port>", "<id> <command as
--- received>", "AUTH <user> <password> <mechanism>", "CLOSE <id>".
+-- received>", "AUTH <user> <password> <mechanism>", "CLOSE <id>"; POP3 mechanisms
+-- user|apop|plain|login|xoauth2|oauthbearer (apop: the digest in the password
+-- field); SMTP also "XCLIENT <raw args>" and "MESSAGE <bytes> <lines> <subject>".
 --
 -- Signals: processes are started in the background by /bin/sh, which makes
 -- them ignore SIGINT and SIGQUIT unless they install their own handlers.
@@ -688,6 +726,129 @@ end
 function Client:close()
   if self.sock then self.sock:close() end
   self.eof = true
+end
+
+-- mock POP3 and SMTP backends ------------------------------------------------------
+-- Same process model as mock_imap: options file, record file, READY line, SIGTERM.
+
+local function start_mock(script, opts, what)
+  opts = opts or {}
+  local dir = mktemp_dir("postern-mock")
+  local o = {}
+  for k, v in pairs(opts) do o[k] = v end
+  o.port = opts.port or 0
+  o.host = opts.host or "127.0.0.1"
+  o.record = dir .. "/record"
+  local opts_path = dir .. "/options.lua"
+  testing.write_config(opts_path, o)
+  write_file(o.record, "")
+  local m = setmetatable({ dir = dir, host = o.host, record_path = o.record,
+    log_path = dir .. "/mock.log", name = o.name }, Mock)
+  local cmd = ("exec %s %s %s >%s 2>&1 & echo $!"):format(testing.luajit,
+    sh_quote(testing.root .. "/lua/postern/" .. script), sh_quote(opts_path), sh_quote(m.log_path))
+  m.pid = tonumber(capture(cmd))
+  assert(m.pid, "could not start the mock")
+  guard(m)
+  local port = poll(5, function()
+    local first = (read_file(m.record_path) or ""):match("^READY (%d+)\n")
+    if first then return tonumber(first) end
+    if not alive(m.pid) then return false end
+  end)
+  if not port then
+    local log = m:log()
+    m:stop()
+    error(what .. " did not become ready; log:\n" .. log, 3)
+  end
+  m.port = port
+  return m
+end
+
+function testing.mock_pop3(opts) return start_mock("mock_pop3.lua", opts, "mock_pop3") end
+function testing.mock_smtp(opts) return start_mock("mock_smtp.lua", opts, "mock_smtp") end
+
+-- messages a mock SMTP backend received by DATA: { {bytes=, lines=, subject=}, ... }
+function Mock:messages()
+  local out = {}
+  for _, l in ipairs(self:lines()) do
+    local bytes, lines, subject = l:match("^MESSAGE (%d+) (%d+) ?(.*)$")
+    if bytes then
+      out[#out + 1] = { bytes = tonumber(bytes), lines = tonumber(lines), subject = subject }
+    end
+  end
+  return out
+end
+
+-- POP3 and SMTP client helpers -------------------------------------------------------
+
+-- POP3: send cmd (unless nil), return the status line ("+OK ..." / "-ERR ..." / "+ ...")
+function Client:pop3(cmd, timeout)
+  if cmd then self:send(cmd .. "\r\n") end
+  local ok, line = pcall(self.line, self, timeout)
+  if not ok then error(line, 2) end
+  return line
+end
+
+-- POP3 multi-line: status line, then (after +OK) the body lines dot-unstuffed,
+-- without the final "."; after -ERR the body is nil. Linear in the body size.
+function Client:pop3_multi(cmd, timeout)
+  if cmd then self:send(cmd .. "\r\n") end
+  local ok, status = pcall(self.line, self, timeout)
+  if not ok then error(status, 2) end
+  if status:sub(1, 3) ~= "+OK" then return status, nil end
+  local deadline = socket.gettime() + (timeout or self.timeout)
+  -- find "\r\n.\r\n" (a virtual CRLF precedes the body, so an empty body is
+  -- ".\r\n") scanning each byte once: only the last 4 bytes are carried over
+  local parts, total, tail, body_len, rest = {}, 0, "\r\n", nil, nil
+  local data = self.buf
+  self.buf = ""
+  while true do
+    if #data > 0 then
+      local window = tail .. data
+      local i = window:find("\r\n.\r\n", 1, true)
+      parts[#parts + 1] = data
+      if i then
+        -- the body ends with the CRLF at window[i+1]; window[k] is data[k - #tail]
+        body_len = total + (i + 1 - #tail)
+        rest = window:sub(i + 5)
+        break
+      end
+      total = total + #data
+      tail = window:sub(-4)
+    end
+    local err
+    data, err = self:_recv(deadline)
+    if not data then
+      local got = table.concat(parts)
+      error(("%s while reading a POP3 multi-line body after %q; got %d bytes: %s"):format(
+        err == "closed" and "connection closed" or "timeout", status, #got, show(got:sub(-200))), 2)
+    end
+  end
+  self.buf = rest
+  local body = table.concat(parts):sub(1, body_len)
+  -- body now starts right after the status line and ends with CRLF (or is "")
+  local lines = {}
+  for l in body:gmatch("(.-)\r\n") do
+    if l:sub(1, 1) == "." then l = l:sub(2) end
+    lines[#lines + 1] = l
+  end
+  return status, lines
+end
+
+-- SMTP: send cmd (unless nil), read one possibly multi-line reply; returns
+-- code (number), the text lines without "250-" / "250 ", and the raw last line
+function Client:smtp(cmd, timeout)
+  if cmd then self:send(cmd .. "\r\n") end
+  local texts = {}
+  while true do
+    local ok, line = pcall(self.line, self, timeout)
+    if not ok then error(line, 2) end
+    local code, sep, text = line:match("^(%d%d%d)([ %-]?)(.*)$")
+    if not code or (sep == "" and text ~= "") then
+      error("not an SMTP reply line: " .. show(line), 2)
+    end
+    texts[#texts + 1] = text
+    if sep ~= "-" then return tonumber(code), texts, line end
+  end
 end
 
 return testing
