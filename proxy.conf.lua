@@ -11,5 +11,7 @@ return {
   max_errors = 5,
   listen = {
     { address = "127.0.0.1:1143", protocol = "imap", auth = { "plain", "login" } },
+    { address = "127.0.0.1:1110", protocol = "pop3", auth = { "user", "plain", "login" } },
+    { address = "127.0.0.1:1587", protocol = "smtp", auth = { "plain", "login" } },  -- submission
   },
 }

@@ -12,7 +12,11 @@
 --   policy.users_file = "/etc/postern/users.txt"
 --   policy.upstreams = {
 --     imap1 = { host = "10.0.0.5", port = 143 },
---     imap2 = { host = "10.0.0.6", port = 143, tls = "starttls" },
+--     mail2 = {                      -- one upstream per protocol
+--       imap = { host = "10.0.0.6", port = 143 },
+--       pop3 = { host = "10.0.0.6", port = 110 },
+--       smtp = { host = "10.0.0.6", port = 587 },
+--     },
 --   }
 --   policy.default_upstream = "imap1"
 --   return policy
@@ -57,8 +61,13 @@ end
 
 local policy = {
   users_file = script_dir() .. "/users.txt",
+  -- an upstream is one table, or one per protocol
   upstreams = {
-    demo = { host = "127.0.0.1", port = 1144 },
+    demo = {
+      imap = { host = "127.0.0.1", port = 1144 },
+      pop3 = { host = "127.0.0.1", port = 1145 },
+      smtp = { host = "127.0.0.1", port = 1146 },
+    },
   },
   default_upstream = "demo",
   fail_wait = 1,
@@ -105,9 +114,12 @@ function policy.authenticate(s)
   local entry = db:lookup(user)
   local name = entry.upstream or policy.default_upstream
   local upstream = name and policy.upstreams[name]
+  if upstream and not upstream.host then
+    upstream = upstream[s.protocol]
+  end
   if not upstream then
-    error(("no upstream named %q (user %q, users file %s)"):format(
-      tostring(name), user, policy.users_file))
+    error(("no upstream named %q for %s (user %q, users file %s)"):format(
+      tostring(name), tostring(s.protocol), user, policy.users_file))
   end
   return upstream
 end

@@ -10,7 +10,7 @@ describe("scripts/static_users.lua through postern #scripts", function()
     proxy = testing.start {
       policy_source = ([[
         local policy = dofile(%q)
-        policy.upstreams.demo = { host = "127.0.0.1", port = %d }
+        policy.upstreams.demo.imap = { host = "127.0.0.1", port = %d }
         policy.fail_wait = 0.1
         return policy
       ]]):format(testing.root .. "/scripts/static_users.lua", backend.port),

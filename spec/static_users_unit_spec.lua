@@ -36,7 +36,11 @@ describe("static_users policy", function()
 
   it("ships the users.txt next to the script and a demo upstream", function()
     assert.are.equal("scripts/users.txt", policy.users_file)
-    assert.are.same({ host = "127.0.0.1", port = 1144 }, policy.upstreams.demo)
+    assert.are.same({
+      imap = { host = "127.0.0.1", port = 1144 },
+      pop3 = { host = "127.0.0.1", port = 1145 },
+      smtp = { host = "127.0.0.1", port = 1146 },
+    }, policy.upstreams.demo)
     assert.are.equal("demo", policy.default_upstream)
     assert.are.equal(1, policy.fail_wait)
     assert.is_function(policy.authenticate)
@@ -44,21 +48,28 @@ describe("static_users policy", function()
 
   it("loads the users file lazily, on the first login", function()
     assert.is_nil(policy.db)
-    policy.authenticate({ user = "demo", password = "demo" })
+    policy.authenticate({ user = "demo", password = "demo", protocol = "imap" })
     assert.is_not_nil(policy.db)
     assert.are.equal("demo", policy.db:lookup("demo").upstream)
   end)
 
   it("routes demo/demo (SHA512-CRYPT) to the demo upstream", function()
-    local upstream, refusal = policy.authenticate({ user = "demo", password = "demo" })
+    local upstream, refusal = policy.authenticate({ user = "demo", password = "demo", protocol = "imap" })
     assert.is_nil(refusal)
     assert.are.same({ host = "127.0.0.1", port = 1144 }, upstream)
-    assert.are.equal(policy.upstreams.demo, upstream)
+    assert.are.equal(policy.upstreams.demo.imap, upstream)
+  end)
+
+  it("picks the demo upstream's entry for the session's protocol", function()
+    assert.are.same({ host = "127.0.0.1", port = 1145 },
+      (policy.authenticate({ user = "demo", password = "demo", protocol = "pop3" })))
+    assert.are.same({ host = "127.0.0.1", port = 1146 },
+      (policy.authenticate({ user = "demo", password = "demo", protocol = "smtp" })))
   end)
 
   it("routes bob/bob (bcrypt) to the demo upstream", function()
     assert.are.equal("$2b$", users.load("scripts/users.txt"):lookup("bob").hash:sub(1, 4))
-    local upstream = policy.authenticate({ user = "bob", password = "bob" })
+    local upstream = policy.authenticate({ user = "bob", password = "bob", protocol = "imap" })
     assert.are.same({ host = "127.0.0.1", port = 1144 }, upstream)
   end)
 
@@ -118,17 +129,17 @@ describe("static_users policy", function()
   end)
 
   it("reloads when users_file changes after the first login", function()
-    assert.is_not_nil((policy.authenticate({ user = "demo", password = "demo" })))
+    assert.is_not_nil((policy.authenticate({ user = "demo", password = "demo", protocol = "imap" })))
     policy.users_file = write_file("erin:" .. users.hash("e-pass") .. ":demo\n")
     assert.are.same({ host = "127.0.0.1", port = 1144 },
-      (policy.authenticate({ user = "erin", password = "e-pass" })))
+      (policy.authenticate({ user = "erin", password = "e-pass", protocol = "imap" })))
     assert.is_nil((policy.authenticate({ user = "demo", password = "demo" })))
   end)
 
   it("uses a db a wrapper sets instead of loading users_file", function()
     policy.db = users.load(write_file("frank:" .. users.hash("f-pass") .. "\n"))
     assert.are.same({ host = "127.0.0.1", port = 1144 },
-      (policy.authenticate({ user = "frank", password = "f-pass" })))
+      (policy.authenticate({ user = "frank", password = "f-pass", protocol = "imap" })))
     assert.is_nil((policy.authenticate({ user = "demo", password = "demo" })))
   end)
 
