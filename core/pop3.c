@@ -80,15 +80,15 @@ static void pop3_cleanup(session_t *s)
  * PIPELINING as the listener offers them. */
 static char *pop3_capabilities(const char *configured, unsigned auth)
 {
-    const char *base = configured ? configured : "TOP UIDL";
+    const char *base = configured ? configured : "TOP\nUIDL";
     char mechs[128];
     sasl_mech_list(auth, mechs, sizeof mechs);
     size_t n = strlen(base) * 2 + 256;
     char *caps = malloc(n), *p = caps;
     caps[0] = '\0';
     char *copy = strdup(base), *save = NULL;
-    /* configured entries are words; "SASL PLAIN" style pairs stay apart */
-    for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save))
+    /* one CAPA line per configured entry ("EXPIRE 30" stays one line) */
+    for (char *w = strtok_r(copy, "\n", &save); w; w = strtok_r(NULL, "\n", &save))
         p += sprintf(p, "%s\r\n", w);
     free(copy);
     if (auth & AUTH_USER)
