@@ -260,9 +260,9 @@ static void command(session_t *s, char *line, size_t len)
         buf_t out;
         buf_init(&out, 8192);
         char head[300];
-        int n = snprintf(head, sizeof head, "250-%s\r\n", s->cfg->server_name);
-        buf_append(&out, head, (size_t)n);
         const char *caps = s->listener->capabilities;
+        int n = snprintf(head, sizeof head, "250%c%s\r\n", caps[0] ? '-' : ' ', s->cfg->server_name);
+        buf_append(&out, head, (size_t)n);
         while (*caps) {
             const char *nl = strchr(caps, '\n');
             size_t l = nl ? (size_t)(nl - caps) : strlen(caps);
@@ -303,10 +303,7 @@ static void command(session_t *s, char *line, size_t len)
             session_printf(s, "530 5.7.0 Authentication required\r\n");
             return;
         }
-        if (!s->env.helo) {
-            session_printf(s, "503 5.5.1 Send HELO/EHLO first\r\n");
-            return;
-        }
+        /* no HELO needed first: nginx and Postfix's default accept that */
         if (st->mail_line) {
             session_printf(s, "503 5.5.1 Nested MAIL command\r\n");
             return;
@@ -387,7 +384,7 @@ static void smtp_client_input(session_t *s)
         if (st->state == C_GREETING_DELAY) {
             session_log(s, LL_INFO, "client sent data before the greeting");
             s->close_reason = "talked before the greeting";
-            session_printf(s, "554 5.5.1 Protocol error: data sent before the greeting\r\n");
+            session_printf(s, "503 5.5.0 Improper use of SMTP command pipelining\r\n");
             session_quit(s);
             return;
         }
@@ -637,8 +634,8 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
         /* XCLIENT starts a new session: greet again, with the client's name */
         st->ustate = U_XCLIENT_EHLO;
         st->ucaps &= ~(unsigned)(UC_XCLIENT);
-        send_line(s, xprintf("EHLO %s\r\n", s->env.helo && !strpbrk(s->env.helo, " \r\n") ? s->env.helo
-                                                                                           : s->cfg->server_name));
+        send_line(s, xprintf("%s %s\r\n", st->esmtp || !s->env.helo ? "EHLO" : "HELO",
+                             s->env.helo ? s->env.helo : s->cfg->server_name));
         return;
     case U_AUTH:
         if (code == 334) {
