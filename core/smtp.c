@@ -626,7 +626,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
         after_ehlo(s);
         return;
     case U_XCLIENT:
-        if (code != 220) {
+        if (code != 220 && code != 250) {
             snprintf(why, sizeof why, "upstream refused XCLIENT: \"%.*s\"", (int)(len > 100 ? 100 : len), line);
             session_upstream_failed(s, why);
             return;
