@@ -209,6 +209,11 @@ static void sasl_result(session_t *s, int rc, const char *challenge)
         reply(s, "BAD", "Invalid base64 data");
         session_error(s);
         return;
+    case SASL_BAD_IR:
+        st->state = C_COMMAND;
+        reply(s, "BAD", "This mechanism takes no initial response");
+        session_error(s);
+        return;
     default:
         st->state = C_COMMAND;
         reply(s, "BAD", "Invalid SASL message");
@@ -352,7 +357,9 @@ static void imap_client_input(session_t *s)
             buf_consume(&s->cin, used);
             if (st->state == C_OAUTH_ERROR) {
                 st->state = C_COMMAND;
-                if (st->oauth_failure)
+                if (ll == 1 && line[0] == '*')
+                    reply(s, "BAD", "Authentication cancelled"); /* RFC 9051 §6.2.2 */
+                else if (st->oauth_failure)
                     session_write(s, st->oauth_failure, strlen(st->oauth_failure));
                 free(st->oauth_failure);
                 st->oauth_failure = NULL;

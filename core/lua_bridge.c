@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/time.h>
 
 struct lb_policy {
@@ -124,9 +125,15 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
 {
     lua_getfield(L, idx, key);
     char *r = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING)
-        r = strdup(lua_tostring(L, -1));
-    else if (!lua_isnil(L, -1) && !*bad) {
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t len;
+        const char *v = lua_tolstring(L, -1, &len);
+        if (strlen(v) != len && !*bad) {
+            snprintf(err, errlen, "%s.%s: contains a NUL byte", path, key);
+            *bad = 1;
+        }
+        r = strdup(v);
+    } else if (!lua_isnil(L, -1) && !*bad) {
         snprintf(err, errlen, "%s.%s: expected a string, got %s", path, key, luaL_typename(L, -1));
         *bad = 1;
     }
@@ -155,6 +162,21 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
     u->user = opt_str(L, idx, "user", path, err, errlen, &bad);
     u->password = opt_str(L, idx, "password", path, err, errlen, &bad);
     u->auth = opt_str(L, idx, "auth", path, err, errlen, &bad);
+    static const char *const mechs[] = { "plain", "login", "apop", "xoauth2", "oauthbearer", NULL };
+    int known_mech = !u->auth;
+    for (const char *const *m = mechs; u->auth && *m; m++)
+        known_mech |= strcasecmp(u->auth, *m) == 0;
+    if (!known_mech && !bad) {
+        snprintf(err, errlen, "%s.auth: \"%s\" is not one of plain, login, apop, xoauth2, oauthbearer", path,
+                 u->auth);
+        bad = 1;
+    }
+    /* values that would end a protocol line upstream */
+    if (!bad && ((u->user && !sasl_safe_credential(u->user, strlen(u->user))) ||
+                 (u->password && !sasl_safe_credential(u->password, strlen(u->password))))) {
+        snprintf(err, errlen, "%s: user and password must not contain CR, LF or NUL", path);
+        bad = 1;
+    }
     lua_getfield(L, idx, "xclient");
     u->xclient = lua_isnil(L, -1) ? -1 : lua_toboolean(L, -1);
     lua_pop(L, 1);

@@ -95,7 +95,8 @@ static char *pop3_capabilities(const char *configured, unsigned auth)
         p += sprintf(p, "USER\r\n");
     if (mechs[0])
         p += sprintf(p, "SASL %s\r\n", mechs);
-    sprintf(p, "PIPELINING\r\n");
+    /* the refusals carry [AUTH] and [SYS/TEMP] (RFC 2449 §6.4, RFC 3206 §6) */
+    sprintf(p, "RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
     return caps;
 }
 
@@ -155,6 +156,10 @@ static void sasl_result(session_t *s, int rc, const char *challenge)
         return;
     case SASL_BAD_BASE64:
         session_printf(s, "-ERR Invalid base64 data\r\n");
+        session_error(s);
+        return;
+    case SASL_BAD_IR:
+        session_printf(s, "-ERR This mechanism takes no initial response\r\n");
         session_error(s);
         return;
     default:
@@ -295,7 +300,9 @@ static void pop3_client_input(session_t *s)
             sasl_result(s, rc, challenge);
         } else if (st->state == C_OAUTH_ERROR) {
             st->state = C_COMMAND;
-            if (st->oauth_failure)
+            if (ll == 1 && line[0] == '*')
+                session_printf(s, "-ERR Authentication cancelled\r\n");
+            else if (st->oauth_failure)
                 session_write(s, st->oauth_failure, strlen(st->oauth_failure));
             free(st->oauth_failure);
             st->oauth_failure = NULL;

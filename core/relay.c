@@ -178,8 +178,16 @@ int relay_start(session_t *s)
     r->last_active = uv_now(s->loop);
     uv_timer_start(&s->timer, relay_timeout, r->timeout_ms, 0);
     uv_read_stop(ust);
-    if (uv_read_start(r->up.src, relay_alloc, relay_read) < 0 ||
-        uv_read_start(r->down.src, relay_alloc, relay_read) < 0)
+    if (uv_read_start(r->down.src, relay_alloc, relay_read) < 0)
+        return -1;
+    if (s->client_eof) {
+        /* the client half-closed before the login finished: its last
+         * bytes are queued upstream already; pass the EOF on after them */
+        r->up.eof = true;
+        pass_eof(&r->up);
+        return 0;
+    }
+    if (uv_read_start(r->up.src, relay_alloc, relay_read) < 0)
         return -1;
     return 0;
 }

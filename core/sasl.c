@@ -104,7 +104,7 @@ int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *s
     case SASL_CRAM_MD5:
         cred->mechanism = "cram-md5";
         if (ir) /* RFC 2195: the server speaks first */
-            return SASL_BAD_MESSAGE;
+            return SASL_BAD_IR;
         sasl_make_salt(sa->salt, sizeof sa->salt, server_name);
         return challenge_text(challenge, chlen, sa->salt);
     case SASL_PLAIN:
@@ -164,11 +164,15 @@ static int oauthbearer(const char *msg, size_t n, credentials_t *cred)
         /* saslname: "=2C" is ",", "=3D" is "=" */
         char user[1100];
         size_t u = 0;
-        for (const char *q = p + 2; q < comma && u < sizeof user - 1; q++) {
+        for (const char *q = p + 2; q < comma; q++) {
+            if (u >= 1024)
+                return -1; /* longer than any credential we accept */
             if (*q == '=' && comma - q >= 3 && strncmp(q, "=2C", 3) == 0)
                 user[u++] = ',', q += 2;
             else if (*q == '=' && comma - q >= 3 && strncmp(q, "=3D", 3) == 0)
                 user[u++] = '=', q += 2;
+            else if (*q == '=')
+                return -1; /* RFC 5801 saslname: only =2C and =3D */
             else
                 user[u++] = *q;
         }
@@ -190,6 +194,14 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
     if (!msg)
         return SASL_BAD_BASE64;
     int rc = SASL_DONE;
+    /* Only PLAIN has NULs of its own: anywhere else one would cut a
+     * credential short without a word. */
+    if (sa->mech != SASL_PLAIN && memchr(msg, '\0', n)) {
+        explicit_bzero(msg, n);
+        free(msg);
+        sa->mech = 0;
+        return SASL_BAD_MESSAGE;
+    }
     switch (sa->mech) {
     case SASL_PLAIN: {
         const char *authzid, *authcid, *passwd;
@@ -269,6 +281,8 @@ int sasl_upstream_mech(const credentials_t *client, const char *override)
     if (!m)
         return 0;
     int mech = sasl_mech_from_name(m, strlen(m), ~0u);
+    if (mech == SASL_CRAM_MD5) /* never a client mechanism of ours upstream */
+        return 0;
     if (override)
         return mech;
     return mech == SASL_XOAUTH2 || mech == SASL_OAUTHBEARER ? mech : 0;
@@ -318,11 +332,20 @@ char *sasl_xoauth2_message(const char *user, const char *token)
 
 char *sasl_oauthbearer_message(const char *user, const char *token)
 {
-    /* user names with "," or "=" would need escaping: send them without
-     * the optional a= (the token identifies the user). */
-    if (strpbrk(user, ",="))
-        return b64_of_printf("n,,\x01" "auth=Bearer %s%s\x01\x01", token, "");
-    return b64_of_printf("n,a=%s,\x01" "auth=Bearer %s\x01\x01", user, token);
+    /* RFC 5801 saslname: "," is "=2C" and "=" is "=3D" */
+    char *esc = malloc(strlen(user) * 3 + 1), *e = esc;
+    for (const char *u = user; *u; u++) {
+        if (*u == ',')
+            memcpy(e, "=2C", 3), e += 3;
+        else if (*u == '=')
+            memcpy(e, "=3D", 3), e += 3;
+        else
+            *e++ = *u;
+    }
+    *e = '\0';
+    char *r = b64_of_printf("n,a=%s,\x01" "auth=Bearer %s\x01\x01", esc, token);
+    free(esc);
+    return r;
 }
 
 /* ---- encodings and digests ---- */
@@ -334,9 +357,16 @@ char *sasl_b64_decode(const char *in, size_t len, size_t *outlen)
         return calloc(1, 1);
     }
     /* RFC 4648 base64 comes padded: a cut-off group is an error, not a
-     * shorter credential. */
+     * shorter credential; and nothing outside the alphabet (mbedTLS would
+     * skip spaces). */
     if (len % 4 != 0)
         return NULL;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)in[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/' ||
+              c == '='))
+            return NULL;
+    }
     size_t n = 0;
     int rc = mbedtls_base64_decode(NULL, 0, &n, (const unsigned char *)in, len);
     if (rc == MBEDTLS_ERR_BASE64_INVALID_CHARACTER)
@@ -377,7 +407,7 @@ int sasl_plain_split(const char *msg, size_t len, const char **authzid, const ch
     const char *rest = nul1 + 1;
     size_t restlen = len - (size_t)(rest - msg);
     const char *nul2 = memchr(rest, '\0', restlen);
-    if (!nul2 || nul2 == rest)
+    if (!nul2 || nul2 == rest || nul2 + 1 == msg + len) /* RFC 4616: authcid and passwd are 1*SAFE */
         return -1;
     /* A third NUL would hide bytes after the password: reject it. */
     if (memchr(nul2 + 1, '\0', len - (size_t)(nul2 + 1 - msg)))

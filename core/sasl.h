@@ -43,6 +43,7 @@ enum {
     SASL_BAD_MECH,           /* unknown or not offered */
     SASL_BAD_BASE64,
     SASL_BAD_MESSAGE,        /* well-formed base64, wrong content */
+    SASL_BAD_IR,             /* an initial response where the server speaks first */
 };
 
 /* Mechanism names and the AUTH_* bits of config.h. */

@@ -169,7 +169,11 @@ static void process_input(session_t *s)
     if (s->phase != PHASE_PREAUTH || s->quit)
         return;
     s->proto->client_input(s);
-    if (s->phase == PHASE_PREAUTH && !s->quit && !session_output_blocked(s) && buf_room(&s->cin) > 0)
+    if (s->phase != PHASE_PREAUTH || s->quit || session_output_blocked(s))
+        return;
+    if (s->client_eof) /* every command the client sent before its EOF is answered */
+        session_quit(s);
+    else if (buf_room(&s->cin) > 0)
         client_read_start(s);
 }
 
@@ -182,6 +186,19 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     if (nread == UV_ENOBUFS) {
         uv_read_stop(st);
         s->client_reading = false;
+        return;
+    }
+    if (nread == UV_EOF && s->phase != PHASE_CONNECT_HOOK &&
+        (s->cin.len > 0 || s->phase == PHASE_AUTH_HOOK || s->phase == PHASE_REFUSE_WAIT ||
+         s->phase == PHASE_UPSTREAM)) {
+        /* A half-close after pipelined commands (printf ... | nc -N):
+         * answer them all, then close (see process_input and the relay). */
+        s->client_eof = true;
+        s->close_reason = "client closed connection";
+        uv_read_stop(st);
+        s->client_reading = false;
+        if (s->phase == PHASE_PREAUTH)
+            process_input(s);
         return;
     }
     if (nread < 0) {
@@ -206,7 +223,7 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 
 static void client_read_start(session_t *s)
 {
-    if (s->client_reading || s->phase == PHASE_CLOSING || s->quit)
+    if (s->client_reading || s->phase == PHASE_CLOSING || s->quit || s->client_eof)
         return;
     if (uv_read_start((uv_stream_t *)&s->client, client_alloc, client_read) == 0)
         s->client_reading = true;

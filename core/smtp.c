@@ -199,6 +199,10 @@ static void sasl_result(session_t *s, int rc, const char *challenge)
         session_printf(s, "501 5.5.2 Cannot decode response\r\n");
         session_error(s);
         return;
+    case SASL_BAD_IR: /* RFC 4954 §4: 501 */
+        session_printf(s, "501 5.5.4 This mechanism takes no initial response\r\n");
+        session_error(s);
+        return;
     default:
         session_printf(s, "535 5.7.8 Invalid SASL message\r\n");
         session_error(s);
@@ -346,7 +350,9 @@ static void command(session_t *s, char *line, size_t len)
         session_reset_credentials(s);
         s->cred.mechanism = "none";
         session_authenticate(s);
-    } else if (is_verb(line, vl, "RSET") && al == 0) {
+    } else if ((is_verb(line, vl, "RSET") || is_verb(line, vl, "QUIT")) && al > 0) {
+        syntax(s, "This command takes no parameters"); /* RFC 5321 §4.1.1.5, §4.1.1.10 */
+    } else if (is_verb(line, vl, "RSET")) {
         free(st->mail_line);
         st->mail_line = NULL;
         free(s->env.mail_from);
@@ -357,7 +363,7 @@ static void command(session_t *s, char *line, size_t len)
         session_printf(s, "250 2.0.0 Ok\r\n");
     } else if (is_verb(line, vl, "NOOP")) {
         session_printf(s, "250 2.0.0 Ok\r\n");
-    } else if (is_verb(line, vl, "QUIT") && al == 0) {
+    } else if (is_verb(line, vl, "QUIT")) {
         session_printf(s, "221 2.0.0 Bye\r\n");
         s->close_reason = "client quit";
         session_quit(s);
@@ -410,7 +416,9 @@ static void smtp_client_input(session_t *s)
             sasl_result(s, rc, challenge);
         } else if (st->state == C_OAUTH_ERROR) {
             st->state = C_COMMAND;
-            if (st->oauth_failure)
+            if (ll == 1 && line[0] == '*')
+                session_printf(s, "501 5.7.0 Authentication cancelled\r\n"); /* RFC 4954 §4 */
+            else if (st->oauth_failure)
                 session_write(s, st->oauth_failure, strlen(st->oauth_failure));
             free(st->oauth_failure);
             st->oauth_failure = NULL;
@@ -483,8 +491,9 @@ static void send_xclient(session_t *s)
                               s->client_ip);
     if (st->ucaps & UX_NAME)
         n += (size_t)snprintf(buf + n, sizeof buf - n, " NAME=[UNAVAILABLE]");
-    if ((st->ucaps & UX_LOGIN) && s->cred.user && !none_mode(s)) {
-        char *x = xtext(s->cred.user);
+    if ((st->ucaps & UX_LOGIN) && session_upstream_user(s) && !none_mode(s)) {
+        /* the upstream identity: the policy's `user` when it gave one */
+        char *x = xtext(session_upstream_user(s));
         n += (size_t)snprintf(buf + n, sizeof buf - n, " LOGIN=%.400s", x);
         free(x);
     }
@@ -650,13 +659,19 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             }
         } else if (code == 235) {
             login_done(s);
-        } else {
+        } else if (code >= 400) {
             upstream_refused(s, line, len);
+        } else {
+            session_upstream_failed(s, "upstream sent an unexpected reply to AUTH");
         }
         return;
     case U_MAIL:
-        if (code != 250) {
+        if (code >= 400) {
             upstream_refused(s, line, len);
+            return;
+        }
+        if (code != 250) {
+            session_upstream_failed(s, "upstream sent an unexpected reply to MAIL");
             return;
         }
         st->ustate = U_RCPT;
