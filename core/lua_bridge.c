@@ -8,6 +8,7 @@
 #include "lua_bridge.h"
 
 #include "log.h"
+#include "postern_lib.h"
 #include "sasl.h"
 #include "session.h"
 
@@ -18,6 +19,7 @@
 #include <mbedtls/constant_time.h>
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +45,7 @@ struct lb_task {
     session_t *s;        /* NULL: on_close, or cancelled */
     int hook;
     uint64_t sid;        /* the session id, for log lines */
-    uv_timer_t *sleep;   /* pending postern.sleep */
+    lb_wait_t *wait;     /* the pending asynchronous call */
     struct lb_task *prev, *next;
 };
 
@@ -75,17 +77,12 @@ static lb_task_t *task_of(lua_State *L, lb_policy_t **pp)
     return t;
 }
 
-static void sleep_closed(uv_handle_t *h)
-{
-    free(h);
-}
-
 static void task_free(lb_task_t *t)
 {
-    if (t->sleep) {
-        uv_timer_stop(t->sleep);
-        uv_close((uv_handle_t *)t->sleep, sleep_closed);
-        t->sleep = NULL;
+    if (t->wait) {
+        lb_wait_t *w = t->wait;
+        t->wait = NULL;
+        w->cancel(w);
     }
     lua_State *L = t->p->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->p->tasks_ref);
@@ -548,12 +545,24 @@ static int l_now(lua_State *L)
     return 1;
 }
 
+/* ---- waiting ---- */
+
+static bool standalone;       /* loaded into a plain interpreter (busted) */
+static uv_loop_t *the_loop;
+
+uv_loop_t *lb_loop(void)
+{
+    return the_loop ? the_loop : uv_default_loop();
+}
+
 /* Every asynchronous function starts here: it must run in a hook's own
- * coroutine, where a yield is possible. */
-static lb_task_t *check_async(lua_State *L, const char *fname)
+ * coroutine, where a yield is possible, or in a plain interpreter. */
+void lb_wait_check(lua_State *L, const char *fname)
 {
     lb_policy_t *p;
     lb_task_t *t = task_of(L, &p);
+    if (!t && standalone && !p)
+        return;
     if (!t) {
         luaL_where(L, 1);
         lua_pushfstring(L, "%s can only be called inside a hook (on_connect, authenticate, on_close), "
@@ -564,18 +573,78 @@ static lb_task_t *check_async(lua_State *L, const char *fname)
     }
     if (!lua_isyieldable(L))
         luaL_error(L, "%s cannot wait here (inside a C function such as table.sort or string.gsub)", fname);
-    if (t->sleep)
+    if (t->wait)
         luaL_error(L, "%s: the hook is already waiting", fname);
-    return t;
+}
+
+void lb_wait_begin(lua_State *L, lb_wait_t *w)
+{
+    lb_task_t *t = task_of(L, NULL);
+    w->task = t;
+    w->L = L;
+    w->done = w->nresults = NULL;
+    if (t)
+        t->wait = w;
+}
+
+int lb_wait_yield(lua_State *L, lb_wait_t *w)
+{
+    if (w->task)
+        return lua_yield(L, 0);
+    int done = 0, n = 0;
+    w->done = &done;
+    w->nresults = &n;
+    int base = lua_gettop(L);
+    while (!done)
+        uv_run(lb_loop(), UV_RUN_ONCE);
+    (void)base;
+    return n;
+}
+
+lua_State *lb_wait_state(lb_wait_t *w)
+{
+    if (w->task)
+        lua_settop(w->L, 0);
+    return w->L;
+}
+
+void lb_wait_done(lb_wait_t *w, int nresults)
+{
+    lb_task_t *t = w->task;
+    if (!t) {
+        *w->done = 1;
+        *w->nresults = nresults;
+        return;
+    }
+    t->wait = NULL;
+    task_resume(t, nresults);
+}
+
+/* ---- postern.sleep ---- */
+
+typedef struct sleep_req {
+    lb_wait_t w;
+    uv_timer_t timer;
+} sleep_req_t;
+
+static void sleep_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void sleep_cancel(lb_wait_t *w)
+{
+    sleep_req_t *r = (sleep_req_t *)w;
+    uv_timer_stop(&r->timer);
+    uv_close((uv_handle_t *)&r->timer, sleep_closed);
 }
 
 static void sleep_done(uv_timer_t *h)
 {
-    lb_task_t *t = h->data;
+    sleep_req_t *r = h->data;
+    lb_wait_state(&r->w);
     uv_close((uv_handle_t *)h, sleep_closed);
-    t->sleep = NULL;
-    lua_settop(t->co, 0);
-    task_resume(t, 0);
+    lb_wait_done(&r->w, 0);
 }
 
 static int l_sleep(lua_State *L)
@@ -583,12 +652,14 @@ static int l_sleep(lua_State *L)
     double sec = luaL_checknumber(L, 1);
     if (!(sec >= 0))
         return luaL_argerror(L, 1, "must be a number of seconds >= 0");
-    lb_task_t *t = check_async(L, "postern.sleep");
-    t->sleep = malloc(sizeof *t->sleep);
-    uv_timer_init(t->p->loop, t->sleep);
-    t->sleep->data = t;
-    uv_timer_start(t->sleep, sleep_done, (uint64_t)(sec * 1000 + 0.5), 0);
-    return lua_yield(L, 0);
+    lb_wait_check(L, "postern.sleep");
+    sleep_req_t *r = calloc(1, sizeof *r);
+    r->w.cancel = sleep_cancel;
+    lb_wait_begin(L, &r->w);
+    uv_timer_init(lb_loop(), &r->timer);
+    r->timer.data = r;
+    uv_timer_start(&r->timer, sleep_done, (uint64_t)(sec * 1000 + 0.5), 0);
+    return lb_wait_yield(L, &r->w);
 }
 
 static const luaL_Reg postern_lib[] = {
@@ -604,7 +675,19 @@ static int open_postern(lua_State *L)
     luaL_register(L, NULL, postern_lib);
     lua_pushstring(L, POSTERN_VERSION);
     lua_setfield(L, -2, "version");
+    dns_open(L);
+    http_open(L);
+    redis_open(L);
     return 1;
+}
+
+/* require "postern" from a plain interpreter (busted): the same library,
+ * with every wait run to completion on the loop (see lb_wait_yield). */
+int lb_open_module(lua_State *L)
+{
+    standalone = true;
+    signal(SIGPIPE, SIG_IGN);
+    return open_postern(L);
 }
 
 /* ---- loading a policy ---- */
@@ -661,6 +744,7 @@ static lb_policy_t *policy_load(uv_loop_t *loop, const char *file, char *err, si
     lb_policy_t *p = calloc(1, sizeof *p);
     p->L = L;
     p->loop = loop;
+    the_loop = loop;
     p->refs = 1;
     lua_pushlightuserdata(L, p);
     lua_setfield(L, LUA_REGISTRYINDEX, "postern.policy");
@@ -723,6 +807,8 @@ void lb_shutdown(void)
     }
     lb_policy_release(current);
     current = NULL;
+    http_shutdown();
+    redis_shutdown();
 }
 
 lb_policy_t *lb_policy_acquire(void)

@@ -6,6 +6,7 @@
 
 #include "config.h"
 
+#include <lua.h>
 #include <uv.h>
 
 #include <stdbool.h>
@@ -30,5 +31,36 @@ void lb_run_close(struct session *s);     /* runs on its own after the session i
 void lb_task_cancel(lb_task_t *t);        /* the session closes under a waiting hook */
 void lb_session_release(struct session *s);
 int lb_tasks_running(void);
+uv_loop_t *lb_loop(void);
+
+/* ---- for the modules behind postern.sleep, .http, .dns, .redis ----
+ *
+ * An asynchronous Lua function calls lb_wait_check (which raises a Lua
+ * error where waiting is impossible: while the policy loads, inside
+ * table.sort...) before it allocates anything, then embeds an lb_wait_t
+ * in its request, calls lb_wait_begin, starts its libuv work and
+ * returns lb_wait_yield(L, w). Its completion callback pushes the results
+ * on lb_wait_state(w) and calls lb_wait_done(w, n); after that the request
+ * may be freed. If the hook goes away first, cancel(w) is called instead:
+ * stop the work and free the request, never resume.
+ *
+ * In a plain Lua interpreter (busted loading postern.so) there is no hook:
+ * lb_wait_yield then runs the event loop until the operation completes, so
+ * a policy's hooks can be called directly from unit tests with real I/O. */
+typedef struct lb_wait {
+    void (*cancel)(struct lb_wait *w);
+    lb_task_t *task;         /* NULL when blocking */
+    lua_State *L;
+    int *done, *nresults;    /* blocking mode: the waiter's own variables */
+} lb_wait_t;
+
+void lb_wait_check(lua_State *L, const char *fname); /* raises where waiting is impossible */
+void lb_wait_begin(lua_State *L, lb_wait_t *w);       /* after the check: cannot fail */
+int lb_wait_yield(lua_State *L, lb_wait_t *w);
+lua_State *lb_wait_state(lb_wait_t *w);
+void lb_wait_done(lb_wait_t *w, int nresults);
+
+/* The C side of require "postern", for a plain Lua interpreter. */
+int lb_open_module(lua_State *L);
 
 #endif

@@ -188,11 +188,11 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         s->client_reading = false;
         return;
     }
-    if (nread == UV_EOF && s->phase != PHASE_CONNECT_HOOK &&
-        (s->cin.len > 0 || s->phase == PHASE_AUTH_HOOK || s->phase == PHASE_REFUSE_WAIT ||
-         s->phase == PHASE_UPSTREAM)) {
+    if (nread == UV_EOF && s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
         /* A half-close after pipelined commands (printf ... | nc -N):
-         * answer them all, then close (see process_input and the relay). */
+         * answer them all, then close (see process_input and the relay).
+         * With nothing left to answer, an EOF ends the session at once,
+         * even in the middle of a login: the client is gone. */
         s->client_eof = true;
         s->close_reason = "client closed connection";
         uv_read_stop(st);

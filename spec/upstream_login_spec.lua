@@ -123,18 +123,17 @@ describe("upstream login", function()
   end)
 
   describe("with a policy password holding CR LF", function()
-    it("sends it inside a literal, never as a command line of its own", function()
+    it("treats it as an invalid policy result and sends nothing upstream", function()
       local sc = scene.new(finally)
       local m = sc:mock { name = "backend" }
       local evil = "x\r\nz2 DELETE INBOX"
       local p = sc:proxy { ["*"] = sc.route(m, { password = evil }) }
       local c = sc:client(p)
-      c:command("a1", "LOGIN alice secret")
+      assert.matches("^a1 NO %[UNAVAILABLE%]", (c:command("a1", "LOGIN alice secret")))
       for _, l in ipairs(m:lines()) do
-        assert.is_nil(l:match("^%d+ z2 "), "injected command reached the upstream: " .. l)
+        assert.is_nil(l:match("^%d+ "), "a command reached the upstream: " .. l)
       end
-      local login = m:wait_for("^%d+ a1 LOGIN ")
-      assert.matches("{%d+%+?}x\\r\\nz2 DELETE INBOX$", login)
+      assert.truthy(p:wait_log("must not contain CR, LF or NUL"))
     end)
   end)
 
