@@ -456,6 +456,7 @@ char *config_path(const config_t *cfg, const char *p)
 config_t *config_load(const char *path, char *err, size_t errlen)
 {
     config_t *cfg = calloc(1, sizeof *cfg);
+    cfg->refs = 1;
     cfg->path = strdup(path);
     const char *slash = strrchr(path, '/');
     cfg->dir = slash ? strndup(path, (size_t)(slash - path) ? (size_t)(slash - path) : 1) : strdup(".");
@@ -512,4 +513,27 @@ void config_free(config_t *cfg)
     free(cfg->error_log);
     free(cfg->pidfile);
     free(cfg);
+}
+
+config_t *config_acquire(config_t *cfg)
+{
+    cfg->refs++;
+    return cfg;
+}
+
+void config_release(config_t *cfg)
+{
+    if (cfg && --cfg->refs == 0)
+        config_free(cfg);
+}
+
+int config_same_listeners(const config_t *a, const config_t *b)
+{
+    if (a->nlisten != b->nlisten)
+        return 0;
+    for (int i = 0; i < a->nlisten; i++)
+        if (strcmp(a->listen[i].address, b->listen[i].address) != 0 || a->listen[i].proto != b->listen[i].proto ||
+            a->listen[i].tls != b->listen[i].tls)
+            return 0;
+    return 1;
 }

@@ -34,6 +34,7 @@ typedef struct listen_conf {
 } listen_conf_t;
 
 typedef struct config {
+    int refs;                      /* the listeners and every session hold one */
     char *path;                    /* the configuration file */
     char *dir;                     /* its directory: relative paths start here */
     char *server_name;
@@ -55,6 +56,10 @@ typedef struct config {
 /* Returns NULL and a message in err ("file: key.path: problem"). */
 config_t *config_load(const char *path, char *err, size_t errlen);
 void config_free(config_t *cfg);
+config_t *config_acquire(config_t *cfg);
+void config_release(config_t *cfg);   /* frees at the last reference */
+/* 1 when both listen the same addresses with the same protocols */
+int config_same_listeners(const config_t *a, const config_t *b);
 
 /* Resolves a path from the configuration against its directory (malloc'd). */
 char *config_path(const config_t *cfg, const char *p);

@@ -10,7 +10,7 @@
 
 typedef struct listener {
     uv_tcp_t tcp;
-    const config_t *cfg;
+    config_t *cfg;
     const listen_conf_t *conf;
 } listener_t;
 
@@ -27,12 +27,12 @@ static void on_connection(uv_stream_t *server, int status)
     session_accept(server, l->cfg, l->conf);
 }
 
-int listeners_start(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen)
+int listeners_start(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen)
 {
     listeners = calloc(cfg->nlisten, sizeof *listeners);
     for (int i = 0; i < cfg->nlisten; i++) {
         listener_t *l = &listeners[i];
-        l->cfg = cfg;
+        l->cfg = config_acquire(cfg);
         l->conf = &cfg->listen[i];
         uv_tcp_init(loop, &l->tcp);
         l->tcp.data = l;
@@ -49,9 +49,20 @@ int listeners_start(uv_loop_t *loop, const config_t *cfg, char *err, size_t errl
     return 0;
 }
 
+void listeners_use(config_t *cfg)
+{
+    for (int i = 0; i < nlisteners && i < cfg->nlisten; i++) {
+        config_release(listeners[i].cfg);
+        listeners[i].cfg = config_acquire(cfg);
+        listeners[i].conf = &cfg->listen[i];
+    }
+}
+
 static void listener_closed(uv_handle_t *h)
 {
-    (void)h;
+    listener_t *l = h->data;
+    config_release(l->cfg);
+    l->cfg = NULL;
     if (--nlisteners == 0) {
         free(listeners);
         listeners = NULL;

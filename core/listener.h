@@ -6,7 +6,9 @@
 
 #include <uv.h>
 
-int listeners_start(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen);
+int listeners_start(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen);
+/* After a reload with the same listen addresses: new sessions get cfg. */
+void listeners_use(config_t *cfg);
 void listeners_stop(void);
 
 #endif

@@ -9,6 +9,7 @@
 #include <mbedtls/version.h>
 #include <uv.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,9 +21,10 @@ static config_t *cfg;
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: postern [-c FILE]      run with FILE (default ./proxy.conf.lua)\n"
-                    "       postern -t [-c FILE]   check the configuration and its policy\n"
-                    "       postern -v             print the versions\n");
+    fprintf(stderr, "usage: postern [-c FILE]              run with FILE (default ./proxy.conf.lua)\n"
+                    "       postern -t [-c FILE]           check the configuration and its policy\n"
+                    "       postern -s reload|stop [-c FILE]  signal the postern whose pidfile FILE names\n"
+                    "       postern -v                     print the versions\n");
 }
 
 static void print_versions(void)
@@ -47,25 +49,85 @@ static void on_stop(uv_signal_t *h, int signum)
     lb_shutdown();
 }
 
+/* SIGHUP: read the configuration and the policy again. New sessions get
+ * both; sessions already running keep what they started with (each pins
+ * its config and policy). Anything that fails to load is refused with a
+ * log line and the running configuration stays in force. */
 static void on_hup(uv_signal_t *h, int signum)
 {
-    (void)h;
     (void)signum;
-    char err[1024];
-    /* Reload the policy: new sessions use it, running ones keep theirs. */
-    if (lb_load(h->loop, cfg, err, sizeof err) < 0)
-        log_msg(LL_ERROR, "reload failed, keeping the running policy: %s", err);
-    else
-        log_msg(LL_INFO, "policy reloaded from %s", cfg->policy);
+    char err[2048];
+    log_msg(LL_INFO, "reloading %s", cfg->path);
+    config_t *next = config_load(cfg->path, err, sizeof err);
+    if (!next) {
+        log_msg(LL_ERROR, "reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    if (!config_same_listeners(cfg, next)) {
+        log_msg(LL_ERROR, "reload refused, keeping the running configuration: the listen addresses changed "
+                          "(that needs a restart)");
+        config_release(next);
+        return;
+    }
+    if (lb_load(h->loop, next, err, sizeof err) < 0) {
+        log_msg(LL_ERROR, "reload refused, keeping the running configuration: %s", err);
+        config_release(next);
+        return;
+    }
+    if (log_open(next->error_log) < 0) /* reopened: log rotation works with a HUP */
+        log_msg(LL_ERROR, "cannot reopen error_log %s", next->error_log);
+    log_level = next->log_level;
+    listeners_use(next);
+    config_release(cfg);
+    cfg = next;
+    log_msg(LL_INFO, "reloaded: configuration %s, policy %s", cfg->path, cfg->policy);
+}
+
+/* postern -s reload|stop: signal the running postern named by pidfile. */
+static int send_signal(const char *conf, const char *what)
+{
+    int sig = strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "stop") == 0 ? SIGTERM : 0;
+    if (!sig) {
+        fprintf(stderr, "postern: -s takes reload or stop\n");
+        return 2;
+    }
+    char err[2048];
+    config_t *c = config_load(conf, err, sizeof err);
+    if (!c) {
+        fprintf(stderr, "postern: %s\n", err);
+        return 1;
+    }
+    if (!c->pidfile) {
+        fprintf(stderr, "postern: %s sets no pidfile: add pidfile = \"postern.pid\", or use kill -HUP <pid>\n", conf);
+        config_release(c);
+        return 1;
+    }
+    FILE *f = fopen(c->pidfile, "r");
+    int pid = 0;
+    if (!f || fscanf(f, "%d", &pid) != 1 || pid <= 0) {
+        fprintf(stderr, "postern: cannot read a process id from %s\n", c->pidfile);
+        if (f)
+            fclose(f);
+        config_release(c);
+        return 1;
+    }
+    fclose(f);
+    config_release(c);
+    if (kill(pid, sig) != 0) {
+        fprintf(stderr, "postern: cannot signal process %d: %s\n", pid, strerror(errno));
+        return 1;
+    }
+    return 0;
 }
 
 int main(int argc, char **argv)
 {
-    const char *conf = "proxy.conf.lua";
+    const char *conf = "proxy.conf.lua", *sig = NULL;
     int test_only = 0, opt;
-    while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:s:tvh")) != -1) {
         switch (opt) {
         case 'c': conf = optarg; break;
+        case 's': sig = optarg; break;
         case 't': test_only = 1; break;
         case 'v': print_versions(); return 0;
         default: usage(); return opt == 'h' ? 0 : 2;
@@ -75,6 +137,8 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    if (sig)
+        return send_signal(conf, sig);
 
     char err[2048];
     cfg = config_load(conf, err, sizeof err);
@@ -85,12 +149,12 @@ int main(int argc, char **argv)
     uv_loop_t *loop = uv_default_loop();
     if (lb_load(loop, cfg, err, sizeof err) < 0) {
         fprintf(stderr, "postern: %s\n", err);
-        config_free(cfg);
+        config_release(cfg);
         return 1;
     }
     if (test_only) {
         lb_shutdown();
-        config_free(cfg);
+        config_release(cfg);
         uv_loop_close(loop);
         printf("configuration ok\n");
         return 0;
@@ -110,7 +174,7 @@ int main(int argc, char **argv)
         lb_shutdown();
         uv_run(loop, UV_RUN_DEFAULT);
         uv_loop_close(loop);
-        config_free(cfg);
+        config_release(cfg);
         log_close();
         return 1;
     }
@@ -135,7 +199,7 @@ int main(int argc, char **argv)
     if (cfg->pidfile)
         unlink(cfg->pidfile);
     uv_loop_close(loop);
-    config_free(cfg);
+    config_release(cfg);
     log_close();
     return 0;
 }

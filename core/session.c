@@ -94,13 +94,13 @@ static void start_protocol(session_t *s)
     s->proto->start(s);
 }
 
-void session_accept(uv_stream_t *server, const config_t *cfg, const listen_conf_t *l)
+void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
 {
     session_t *s = calloc(1, sizeof *s);
     if (!s)
         return;
     s->loop = server->loop;
-    s->cfg = cfg;
+    s->cfg = config_acquire(cfg);
     s->listener = l;
     s->proto = l->proto;
     s->vars_ref = -2; /* LUA_NOREF */
@@ -412,6 +412,7 @@ static void session_free(session_t *s)
     }
     lb_session_release(s);
     lb_policy_release(s->policy);
+    config_release((config_t *)s->cfg);
     free(s);
 }
 

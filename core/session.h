@@ -62,7 +62,7 @@ typedef struct refusal {
 typedef struct session {
     uint64_t id;
     uv_loop_t *loop;
-    const config_t *cfg;
+    const config_t *cfg;          /* pinned at accept: reloads never change it */
     const listen_conf_t *listener;
     const proto_t *proto;
     void *pstate;                 /* the protocol's state, state_size bytes */
@@ -107,7 +107,7 @@ typedef struct session {
 } session_t;
 
 /* Listener side. */
-void session_accept(uv_stream_t *server, const config_t *cfg, const listen_conf_t *l);
+void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l);
 void session_close_all(void);
 int session_count(void);
 
