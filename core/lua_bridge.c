@@ -140,7 +140,7 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
 
 static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path, char *err, size_t errlen)
 {
-    static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni",
+    static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni", "weight",
                                          "xclient", "proxy_protocol", "name", NULL };
     int bad = 0;
     lua_pushnil(L);
