@@ -139,8 +139,8 @@ static int l_resolve(lua_State *L)
     uv_timer_init(lb_loop(), &r->timer);
     r->timer.data = r;
     r->timer_open = true;
+    lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
     uv_timer_start(&r->timer, timed_out, (uint64_t)(timeout * 1000), 0);
-    lb_wait_begin(L, &r->w);
     return lb_wait_yield(L, &r->w);
 }
 

@@ -302,24 +302,42 @@ static int l_request(lua_State *L)
     r->w.cancel = cancel;
     buf_init(&r->resp, (size_t)max_size);
     buf_init(&r->resp_headers, HTTP_MAX_HEADERS);
+    /* headers: { Name = "value" }, or an ordered list { {"Name", "value"}, ... }
+     * that says exactly what goes out (in that order, empty values too,
+     * and none of curl's own User-Agent and Accept) */
+    bool exact = false;
     if (!lua_isnil(L, hidx)) {
-        lua_pushnil(L);
-        while (lua_next(L, hidx)) {
+        int n = (int)lua_objlen(L, hidx);
+        exact = n > 0;
+        for (int i = 1; i <= n; i++) {
+            lua_rawgeti(L, hidx, i);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
             const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
-            if (lua_type(L, -2) != LUA_TSTRING || !v || !safe_header_part(k) || !safe_header_part(v) ||
-                strchr(k, ':')) {
+            if (!k || !v || !k[0] || !safe_header_part(k) || !safe_header_part(v) || strpbrk(k, ": ")) {
                 req_free(r);
-                return luaL_argerror(L, 1, "headers must be name = value strings without CR, LF (or : in names)");
+                return luaL_argerror(L, 1, "headers must be { name, value } pairs without CR, LF (or : in names)");
             }
-            luaL_Buffer b;
-            luaL_buffinit(L, &b);
-            luaL_addstring(&b, k);
-            luaL_addstring(&b, ": ");
-            luaL_addstring(&b, v);
-            luaL_pushresult(&b);
+            lua_pushfstring(L, v[0] ? "%s: %s" : "%s;", k, v); /* "Name;" is curl's empty header */
             r->headers = curl_slist_append(r->headers, lua_tostring(L, -1));
-            lua_pop(L, 2);
+            lua_pop(L, 4);
         }
+        if (!exact) {
+            lua_pushnil(L);
+            while (lua_next(L, hidx)) {
+                const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+                if (lua_type(L, -2) != LUA_TSTRING || !v || !safe_header_part(k) || !safe_header_part(v) ||
+                    strchr(k, ':')) {
+                    req_free(r);
+                    return luaL_argerror(L, 1, "headers must be name = value strings without CR, LF (or : in names)");
+                }
+                lua_pushfstring(L, v[0] ? "%s: %s" : "%s;", k, v);
+                r->headers = curl_slist_append(r->headers, lua_tostring(L, -1));
+                lua_pop(L, 2);
+            }
+        }
+        if (exact)
+            r->headers = curl_slist_append(r->headers, "Accept:"); /* "Name:" removes curl's own */
     }
     CURL *e = r->easy = curl_easy_init();
     curl_easy_setopt(e, CURLOPT_URL, url);
@@ -334,7 +352,8 @@ static int l_request(lua_State *L)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_USERAGENT, "postern/" POSTERN_VERSION);
+    if (!exact)
+        curl_easy_setopt(e, CURLOPT_USERAGENT, "postern/" POSTERN_VERSION);
     if (r->headers)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     if (body) {

@@ -259,7 +259,9 @@ static refusal_t *read_refusal(lua_State *L, int idx)
         }
         lua_getfield(L, idx, "temporary");
         r->temporary = lua_toboolean(L, -1);
-        lua_pop(L, 4);
+        lua_getfield(L, idx, "close");
+        r->close = lua_toboolean(L, -1);
+        lua_pop(L, 5);
     }
     if (!(r->wait >= 0))
         r->wait = 0;
@@ -411,6 +413,8 @@ static void push_session(lua_State *L, session_t *s)
     set_str(L, "digest", s->cred.digest);
     set_str(L, "helo", s->env.helo);
     set_str(L, "mail_from", s->env.mail_from);
+    set_str(L, "mail_line", s->env.mail_line);
+    set_str(L, "rcpt_line", s->env.rcpt_line);
     if (s->env.nrcpt > 0) {
         lua_createtable(L, s->env.nrcpt, 0);
         for (int i = 0; i < s->env.nrcpt; i++) {
@@ -579,6 +583,8 @@ void lb_wait_check(lua_State *L, const char *fname)
 
 void lb_wait_begin(lua_State *L, lb_wait_t *w)
 {
+    if (standalone) /* the loop sleeps between calls: its clock is stale */
+        uv_update_time(lb_loop());
     lb_task_t *t = task_of(L, NULL);
     w->task = t;
     w->L = L;
@@ -655,7 +661,7 @@ static int l_sleep(lua_State *L)
     lb_wait_check(L, "postern.sleep");
     sleep_req_t *r = calloc(1, sizeof *r);
     r->w.cancel = sleep_cancel;
-    lb_wait_begin(L, &r->w);
+    lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
     uv_timer_init(lb_loop(), &r->timer);
     r->timer.data = r;
     uv_timer_start(&r->timer, sleep_done, (uint64_t)(sec * 1000 + 0.5), 0);

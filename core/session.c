@@ -361,6 +361,8 @@ void envelope_clear(envelope_t *e)
 {
     free(e->helo);
     free(e->mail_from);
+    free(e->mail_line);
+    free(e->rcpt_line);
     for (int i = 0; i < e->nrcpt; i++)
         free(e->rcpt_to[i]);
     memset(e, 0, sizeof *e);
@@ -506,7 +508,13 @@ static void send_refusal(session_t *s, refusal_t *r)
             if ((unsigned char)*p < 0x20 || *p == 0x7f)
                 *p = ' ';
     s->proto->auth_refused(s, &shown);
+    bool close = r->close;
     refusal_free(r);
+    if (close) {
+        s->close_reason = "refused by the policy";
+        session_quit(s);
+        return;
+    }
     back_to_preauth(s);
 }
 

@@ -35,6 +35,7 @@ typedef enum {
 typedef struct envelope {
     char *helo;
     char *mail_from;
+    char *mail_line, *rcpt_line;  /* the MAIL and first RCPT commands as the client sent them */
     char *rcpt_to[ENVELOPE_MAX_RCPT];
     int nrcpt;
 } envelope_t;
@@ -57,6 +58,7 @@ typedef struct refusal {
     double wait;
     char *code;              /* SMTP reply code, e.g. "451 4.3.0"; NULL = default */
     bool temporary;          /* not the user's fault: try again later */
+    bool close;              /* close the connection after the reply (nginx without Auth-Wait) */
 } refusal_t;
 
 typedef struct session {

@@ -33,8 +33,6 @@ typedef struct smtp_state {
     int state;
     sasl_t sasl;
     bool esmtp;                  /* EHLO (not HELO) was used */
-    char *mail_line;             /* the client's MAIL command, replayed upstream */
-    char *rcpt_line;             /* the RCPT that started the policy call */
     char *oauth_failure;
 
     int ustate;
@@ -80,8 +78,6 @@ static void free_pending(smtp_state_t *st)
 static void smtp_cleanup(session_t *s)
 {
     smtp_state_t *st = st_of(s);
-    free(st->mail_line);
-    free(st->rcpt_line);
     free(st->oauth_failure);
     free_pending(st);
 }
@@ -164,8 +160,8 @@ static void smtp_auth_refused(session_t *s, const refusal_t *r)
         /* the refused recipient is forgotten; MAIL FROM stays */
         if (s->env.nrcpt > 0)
             free(s->env.rcpt_to[--s->env.nrcpt]);
-        free(st->rcpt_line);
-        st->rcpt_line = NULL;
+        free(s->env.rcpt_line);
+        s->env.rcpt_line = NULL;
     }
     if (s->cred.mechanism && strstr("xoauth2 oauthbearer", s->cred.mechanism)) {
         char challenge[256];
@@ -253,8 +249,6 @@ static void command(session_t *s, char *line, size_t len)
         }
         /* a new EHLO starts the session over (RFC 5321 §4.1.4) */
         envelope_clear(&s->env);
-        free(st->mail_line);
-        st->mail_line = NULL;
         s->env.helo = strndup(arg, al);
         st->esmtp = is_verb(line, vl, "EHLO");
         if (!st->esmtp) {
@@ -308,7 +302,7 @@ static void command(session_t *s, char *line, size_t len)
             return;
         }
         /* no HELO needed first: nginx and Postfix's default accept that */
-        if (st->mail_line) {
+        if (s->env.mail_line) {
             session_printf(s, "503 5.5.1 Nested MAIL command\r\n");
             return;
         }
@@ -320,14 +314,14 @@ static void command(session_t *s, char *line, size_t len)
         }
         free(s->env.mail_from);
         s->env.mail_from = addr;
-        st->mail_line = strndup(line, len);
+        s->env.mail_line = strndup(line, len);
         session_printf(s, "250 2.1.0 Ok\r\n");
     } else if (is_verb(line, vl, "RCPT")) {
         if (auth_required(s)) {
             session_printf(s, "530 5.7.0 Authentication required\r\n");
             return;
         }
-        if (!st->mail_line) {
+        if (!s->env.mail_line) {
             session_printf(s, "503 5.5.1 Need MAIL command\r\n");
             return;
         }
@@ -345,16 +339,16 @@ static void command(session_t *s, char *line, size_t len)
         /* The policy decides at the first recipient, as nginx does; the
          * upstream it picks gets the whole transaction. */
         s->env.rcpt_to[s->env.nrcpt++] = addr;
-        free(st->rcpt_line);
-        st->rcpt_line = strndup(line, len);
+        free(s->env.rcpt_line);
+        s->env.rcpt_line = strndup(line, len);
         session_reset_credentials(s);
         s->cred.mechanism = "none";
         session_authenticate(s);
     } else if ((is_verb(line, vl, "RSET") || is_verb(line, vl, "QUIT")) && al > 0) {
         syntax(s, "This command takes no parameters"); /* RFC 5321 §4.1.1.5, §4.1.1.10 */
     } else if (is_verb(line, vl, "RSET")) {
-        free(st->mail_line);
-        st->mail_line = NULL;
+        free(s->env.mail_line);
+        s->env.mail_line = NULL;
         free(s->env.mail_from);
         s->env.mail_from = NULL;
         for (int i = 0; i < s->env.nrcpt; i++)
@@ -478,7 +472,7 @@ static void send_mail(session_t *s)
 {
     smtp_state_t *st = st_of(s);
     st->ustate = U_MAIL;
-    send_line(s, xprintf("%s\r\n", st->mail_line));
+    send_line(s, xprintf("%s\r\n", s->env.mail_line));
 }
 
 static void send_xclient(session_t *s)
@@ -675,7 +669,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         st->ustate = U_RCPT;
-        send_line(s, xprintf("%s\r\n", st->rcpt_line));
+        send_line(s, xprintf("%s\r\n", s->env.rcpt_line));
         return;
     case U_RCPT: {
         /* the upstream's answer to the client's RCPT, whatever it is; the

@@ -81,6 +81,17 @@
 --     mock.port, mock.host, mock.record_path, mock.log_path
 --     mock:lines() mock:wait_for(pattern, timeout=3) mock:logins() mock:log() mock:stop()
 --     mock:messages()  SMTP: messages received by DATA, { {bytes=, lines=, subject=}, ... }
+--   testing.mock_http(opts) -> mock   an HTTP/1.1 server (keep-alive) that records every
+--                                     request and answers by a script (options: see
+--                                     lua/postern/mock_http.lua): opts.status, headers, body,
+--                                     delay, close, responses = { answer, ... },
+--                                     handler = [[ return function(req) return answer end ]]
+--     mock:url(path="/auth") -> "http://127.0.0.1:<port>/auth"
+--     mock:requests() -> { { n, conn, method, path, version, headers = { {name, value}, ... }
+--                          (in the order received), h = { [lower-case name] = value },
+--                          lines = { raw header lines }, body, status (of the answer) }, ... }
+--     mock:wait_requests(n, timeout=3) -> requests, once at least n have arrived
+--     mock:connections() -> number of TCP connections accepted (keep-alive reuse shows here)
 --   testing.start(opts) -> proxy      opts: policy | policy_source, config, env
 --     proxy.port, proxy.ports, proxy.dir, proxy.log_path, proxy.conf_path, proxy.pid
 --     proxy:log() proxy:wait_log(pattern, timeout=3) proxy:signal("HUP")
@@ -849,6 +860,110 @@ function Client:smtp(cmd, timeout)
     texts[#texts + 1] = text
     if sep ~= "-" then return tonumber(code), texts, line end
   end
+end
+
+-- mock HTTP server ------------------------------------------------------------------
+-- Same process model as the mail mocks; see lua/postern/mock_http.lua.
+
+function testing.mock_http(opts)
+  local m = start_mock("mock_http.lua", opts, "mock_http")
+  return m
+end
+
+function Mock:url(path)
+  return ("http://%s:%d%s"):format(self.host, self.port, path or "/auth")
+end
+
+local function unescape_record(s)
+  local out, i = {}, 1
+  while i <= #s do
+    local ch = s:sub(i, i)
+    if ch == "\\" then
+      local nx = s:sub(i + 1, i + 1)
+      if nx == "r" then out[#out + 1] = "\r"; i = i + 2
+      elseif nx == "n" then out[#out + 1] = "\n"; i = i + 2
+      elseif nx == "\\" then out[#out + 1] = "\\"; i = i + 2
+      elseif nx == "x" and s:sub(i + 2, i + 3):match("^%x%x$") then
+        out[#out + 1] = string.char(tonumber(s:sub(i + 2, i + 3), 16)); i = i + 4
+      else out[#out + 1] = ch; i = i + 1 end
+    else
+      local j = s:find("\\", i, true) or (#s + 1)
+      out[#out + 1] = s:sub(i, j - 1)
+      i = j
+    end
+  end
+  return table.concat(out)
+end
+
+-- the requests an HTTP mock received, in the order they were complete
+function Mock:requests()
+  local done, cur, last_of = {}, {}, {}
+  for _, l in ipairs(self:lines()) do
+    local conn, len, body = l:match("^BODY (%d+) (%d+) ?(.*)$")
+    if conn then
+      local r = cur[conn]
+      if r then
+        r.body = unescape_record(body)
+        r.body_length = tonumber(len)
+        r.head_done = nil
+        done[#done + 1] = r
+        r.n = #done
+        last_of[conn] = r
+        cur[conn] = nil
+      end
+    else
+      local c2, status = l:match("^RESPONSE (%d+) (%S+)$")
+      if c2 then
+        if last_of[c2] then last_of[c2].status = tonumber(status) or status end
+      elseif l:match("^DROP %d+$") then
+        local r = last_of[l:match("%d+")]
+        if r then r.dropped = true end
+      elseif not l:match("^CONNECT ") and not l:match("^CLOSE ") then
+        local c3, text = l:match("^(%d+) (.*)$")
+        if c3 then
+          text = unescape_record(text)
+          local r = cur[c3]
+          if not r then
+            local method, path, version = text:match("^(%S+) (%S+) (%S+)$")
+            cur[c3] = { conn = tonumber(c3), method = method, path = path, version = version,
+              request_line = text, headers = {}, h = {}, lines = {} }
+          elseif not r.head_done then
+            if text == "" then
+              r.head_done = true
+            else
+              r.lines[#r.lines + 1] = text
+              local name, value = text:match("^([^:]+):[ \t]*(.-)[ \t]*$")
+              if name then
+                r.headers[#r.headers + 1] = { name, value }
+                r.h[name:lower()] = value
+              end
+            end
+          end
+        end
+      end
+    end
+  end
+  return done
+end
+
+function Mock:wait_requests(n, timeout)
+  local got = poll(timeout or 3, function()
+    local reqs = self:requests()
+    if #reqs >= n then return reqs end
+  end)
+  if not got then
+    error(("mock %s: expected %d request(s), got %d; records:\n%s"):format(self.name or self.port, n,
+      #self:requests(), table.concat(self:lines(), "\n")), 2)
+  end
+  return got
+end
+
+function Mock:connections()
+  local n = 0
+  for _, l in ipairs(self:lines()) do
+    if l:match("^CONNECT ") then n = n + 1 end
+  end
+  return n
 end
 
 return testing
