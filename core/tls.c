@@ -1,0 +1,534 @@
+/* tls.c: the only file that knows mbedTLS's SSL API (2.28 here). Contexts
+ * talk to the network through memory: ciphertext read from the socket is
+ * fed in, ciphertext to send collects in an output buffer the caller
+ * flushes, so the event loop never blocks on TLS. */
+#include "tls.h"
+
+#include "buf.h"
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/md.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_cache.h>
+#include <mbedtls/ssl_ciphersuites.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define TLS_IN_MAX (64 * 1024)        /* ciphertext buffered before mbedTLS reads it */
+#define TLS_OUT_MAX (8 * 1024 * 1024) /* ciphertext not yet handed to the socket */
+#define SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
+static mbedtls_entropy_context entropy;
+static mbedtls_ctr_drbg_context drbg;
+static int global_ready;
+
+typedef struct tls_cert {
+    char *name;
+    mbedtls_x509_crt crt;
+    mbedtls_pk_context key;
+} tls_cert_t;
+
+struct tls_server {
+    int refs;
+    mbedtls_ssl_config conf;
+    tls_cert_t *certs;
+    int ncerts;
+    mbedtls_x509_crt ca;
+    mbedtls_ssl_cache_context cache;
+    mbedtls_ssl_ticket_context ticket;
+    int *ciphers;
+};
+
+struct tls_client {
+    mbedtls_ssl_config verify, noverify;
+    mbedtls_x509_crt ca;
+};
+
+struct tls_conn {
+    mbedtls_ssl_context ssl;  /* first: the SNI callback finds the conn from it */
+    tls_server_t *server;
+    buf_t in;                 /* ciphertext fed, not yet read by mbedTLS */
+    size_t in_off;
+    buf_t out;                /* ciphertext to send */
+    bool eof, hs_done, failed;
+    char sni[256];
+    char err[200];
+};
+
+int tls_global_init(void)
+{
+    if (global_ready)
+        return 0;
+    mbedtls_entropy_init(&entropy);
+    mbedtls_ctr_drbg_init(&drbg);
+    if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy, (const unsigned char *)"postern", 7) != 0)
+        return -1;
+    global_ready = 1;
+    return 0;
+}
+
+void tls_global_free(void)
+{
+    if (!global_ready)
+        return;
+    mbedtls_ctr_drbg_free(&drbg);
+    mbedtls_entropy_free(&entropy);
+    global_ready = 0;
+}
+
+const char *tls_library_version(void)
+{
+    return MBEDTLS_VERSION_STRING_FULL;
+}
+
+static void errtext(int rc, char *out, size_t len, const char *what)
+{
+    char e[160];
+    mbedtls_strerror(rc, e, sizeof e);
+    snprintf(out, len, "%s: %s", what, e);
+}
+
+/* ---- server ---- */
+
+static int sni_match(const char *pattern, const char *name, size_t len)
+{
+    size_t pl = strlen(pattern);
+    if (pl == len && strncasecmp(pattern, name, len) == 0)
+        return 1;
+    /* "*.example.com" matches one label */
+    if (pl > 2 && pattern[0] == '*' && pattern[1] == '.') {
+        const char *dot = memchr(name, '.', len);
+        return dot && (size_t)(name + len - dot) == pl - 1 && strncasecmp(dot, pattern + 1, pl - 1) == 0;
+    }
+    return 0;
+}
+
+static int on_sni(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, size_t len)
+{
+    tls_server_t *s = p;
+    tls_conn_t *t = (tls_conn_t *)ssl;
+    size_t n = len < sizeof t->sni - 1 ? len : sizeof t->sni - 1;
+    memcpy(t->sni, name, n);
+    t->sni[n] = '\0';
+    for (int i = 1; i < s->ncerts; i++)
+        if (sni_match(s->certs[i].name, (const char *)name, len))
+            return mbedtls_ssl_set_hs_own_cert(ssl, &s->certs[i].crt, &s->certs[i].key);
+    return 0; /* the default certificate */
+}
+
+static int load_cert(tls_cert_t *c, const tls_cert_conf_t *cc, char *err, size_t errlen)
+{
+    mbedtls_x509_crt_init(&c->crt);
+    mbedtls_pk_init(&c->key);
+    c->name = cc->name ? strdup(cc->name) : NULL;
+    int rc = mbedtls_x509_crt_parse_file(&c->crt, cc->certificate);
+    if (rc != 0) {
+        char what[600];
+        snprintf(what, sizeof what, "certificate %s", cc->certificate);
+        errtext(rc, err, errlen, what);
+        return -1;
+    }
+    rc = mbedtls_pk_parse_keyfile(&c->key, cc->key, NULL);
+    if (rc != 0) {
+        char what[600];
+        snprintf(what, sizeof what, "key %s", cc->key);
+        errtext(rc, err, errlen, what);
+        return -1;
+    }
+    if (mbedtls_pk_check_pair(&c->crt.pk, &c->key) != 0) {
+        snprintf(err, errlen, "key %s does not match certificate %s", cc->key, cc->certificate);
+        return -1;
+    }
+    return 0;
+}
+
+static int *parse_ciphers(const char *list, char *err, size_t errlen)
+{
+    int *ids = calloc(256, sizeof *ids), n = 0;
+    char *copy = strdup(list), *save = NULL;
+    for (char *w = strtok_r(copy, ": ,", &save); w && n < 255; w = strtok_r(NULL, ": ,", &save)) {
+        int id = mbedtls_ssl_get_ciphersuite_id(w);
+        if (id == 0) {
+            snprintf(err, errlen, "unknown cipher suite \"%s\" (use IANA names, e.g. "
+                                  "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256)", w);
+            free(copy);
+            free(ids);
+            return NULL;
+        }
+        ids[n++] = id;
+    }
+    free(copy);
+    return ids;
+}
+
+tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen)
+{
+    if (tls_global_init() < 0) {
+        snprintf(err, errlen, "cannot seed the random generator");
+        return NULL;
+    }
+    tls_server_t *s = calloc(1, sizeof *s);
+    s->refs = 1;
+    mbedtls_ssl_config_init(&s->conf);
+    mbedtls_x509_crt_init(&s->ca);
+    mbedtls_ssl_cache_init(&s->cache);
+    mbedtls_ssl_ticket_init(&s->ticket);
+    s->certs = calloc(c->ncerts, sizeof *s->certs);
+    for (int i = 0; i < c->ncerts; i++) {
+        s->ncerts++;
+        if (load_cert(&s->certs[i], &c->certs[i], err, errlen) < 0)
+            goto bad;
+    }
+    if (mbedtls_ssl_config_defaults(&s->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
+        snprintf(err, errlen, "cannot set up TLS");
+        goto bad;
+    }
+    mbedtls_ssl_conf_rng(&s->conf, mbedtls_ctr_drbg_random, &drbg);
+    /* TLS 1.2 at least: 2.28's default minimum is TLS 1.0 */
+    mbedtls_ssl_conf_min_version(&s->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+    if (c->protocols && !strstr(c->protocols, "TLSv1.2") && !strstr(c->protocols, "TLSv1.3")) {
+        snprintf(err, errlen, "protocols: only TLSv1.2 (and TLSv1.3, not yet in this mbedTLS) are offered");
+        goto bad;
+    }
+    if (c->ciphers) {
+        s->ciphers = parse_ciphers(c->ciphers, err, errlen);
+        if (!s->ciphers)
+            goto bad;
+        mbedtls_ssl_conf_ciphersuites(&s->conf, s->ciphers);
+    }
+    if (mbedtls_ssl_conf_own_cert(&s->conf, &s->certs[0].crt, &s->certs[0].key) != 0) {
+        snprintf(err, errlen, "cannot use the certificate");
+        goto bad;
+    }
+    mbedtls_ssl_conf_sni(&s->conf, on_sni, s);
+    mbedtls_ssl_cache_set_max_entries(&s->cache, 1000);
+    mbedtls_ssl_conf_session_cache(&s->conf, &s->cache, mbedtls_ssl_cache_get, mbedtls_ssl_cache_set);
+    /* tickets: two keys, the older replaced every lifetime (rotation) */
+    if (mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &drbg, MBEDTLS_CIPHER_AES_256_GCM,
+                                 (uint32_t)(c->ticket_lifetime > 0 ? c->ticket_lifetime : 3600)) == 0)
+        mbedtls_ssl_conf_session_tickets_cb(&s->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+                                            &s->ticket);
+    if (c->verify_client) {
+        int rc = c->client_ca ? mbedtls_x509_crt_parse_file(&s->ca, c->client_ca) : -1;
+        if (rc < 0) {
+            snprintf(err, errlen, "client certificates need a readable CA file (client_ca)");
+            goto bad;
+        }
+        mbedtls_ssl_conf_ca_chain(&s->conf, &s->ca, NULL);
+        mbedtls_ssl_conf_authmode(&s->conf, c->verify_client == 2 ? MBEDTLS_SSL_VERIFY_REQUIRED
+                                                                  : MBEDTLS_SSL_VERIFY_OPTIONAL);
+    } else {
+        mbedtls_ssl_conf_authmode(&s->conf, MBEDTLS_SSL_VERIFY_NONE);
+    }
+    return s;
+bad:
+    s->refs = 1;
+    tls_server_unref(s);
+    return NULL;
+}
+
+void tls_server_ref(tls_server_t *s)
+{
+    s->refs++;
+}
+
+void tls_server_unref(tls_server_t *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    for (int i = 0; i < s->ncerts; i++) {
+        free(s->certs[i].name);
+        mbedtls_x509_crt_free(&s->certs[i].crt);
+        mbedtls_pk_free(&s->certs[i].key);
+    }
+    free(s->certs);
+    mbedtls_ssl_config_free(&s->conf);
+    mbedtls_x509_crt_free(&s->ca);
+    mbedtls_ssl_cache_free(&s->cache);
+    mbedtls_ssl_ticket_free(&s->ticket);
+    free(s->ciphers);
+    free(s);
+}
+
+/* ---- client ---- */
+
+tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
+{
+    if (tls_global_init() < 0) {
+        snprintf(err, errlen, "cannot seed the random generator");
+        return NULL;
+    }
+    tls_client_t *c = calloc(1, sizeof *c);
+    mbedtls_x509_crt_init(&c->ca);
+    mbedtls_ssl_config_init(&c->verify);
+    mbedtls_ssl_config_init(&c->noverify);
+    const char *ca = ca_file ? ca_file : SYSTEM_CA;
+    int rc = mbedtls_x509_crt_parse_file(&c->ca, ca);
+    if (rc < 0) {
+        char what[600];
+        snprintf(what, sizeof what, "CA file %s", ca);
+        errtext(rc, err, errlen, what);
+        tls_client_free(c);
+        return NULL;
+    }
+    mbedtls_ssl_config *confs[2] = { &c->verify, &c->noverify };
+    for (int i = 0; i < 2; i++) {
+        mbedtls_ssl_config_defaults(confs[i], MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
+                                    MBEDTLS_SSL_PRESET_DEFAULT);
+        mbedtls_ssl_conf_rng(confs[i], mbedtls_ctr_drbg_random, &drbg);
+        mbedtls_ssl_conf_min_version(confs[i], MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+        mbedtls_ssl_conf_ca_chain(confs[i], &c->ca, NULL);
+    }
+    mbedtls_ssl_conf_authmode(&c->verify, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_authmode(&c->noverify, MBEDTLS_SSL_VERIFY_NONE);
+    return c;
+}
+
+void tls_client_free(tls_client_t *c)
+{
+    if (!c)
+        return;
+    mbedtls_ssl_config_free(&c->verify);
+    mbedtls_ssl_config_free(&c->noverify);
+    mbedtls_x509_crt_free(&c->ca);
+    free(c);
+}
+
+/* ---- connections ---- */
+
+static int bio_send(void *p, const unsigned char *data, size_t len)
+{
+    tls_conn_t *t = p;
+    if (buf_append(&t->out, data, len) < 0)
+        return MBEDTLS_ERR_SSL_ALLOC_FAILED; /* the peer does not read: give up on it */
+    return (int)len;
+}
+
+static int bio_recv(void *p, unsigned char *data, size_t len)
+{
+    tls_conn_t *t = p;
+    size_t avail = t->in.len - t->in_off;
+    if (avail == 0) {
+        t->in.len = t->in_off = 0;
+        return t->eof ? 0 : MBEDTLS_ERR_SSL_WANT_READ;
+    }
+    size_t n = len < avail ? len : avail;
+    memcpy(data, t->in.data + t->in_off, n);
+    t->in_off += n;
+    return (int)n;
+}
+
+static tls_conn_t *conn_new(const mbedtls_ssl_config *conf)
+{
+    tls_conn_t *t = calloc(1, sizeof *t);
+    mbedtls_ssl_init(&t->ssl);
+    buf_init(&t->in, TLS_IN_MAX);
+    buf_init(&t->out, TLS_OUT_MAX);
+    if (mbedtls_ssl_setup(&t->ssl, conf) != 0) {
+        tls_conn_free(t);
+        return NULL;
+    }
+    mbedtls_ssl_set_bio(&t->ssl, t, bio_send, bio_recv, NULL);
+    return t;
+}
+
+tls_conn_t *tls_conn_server(tls_server_t *s)
+{
+    tls_conn_t *t = conn_new(&s->conf);
+    if (t) {
+        t->server = s;
+        tls_server_ref(s);
+    }
+    return t;
+}
+
+tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify)
+{
+    tls_conn_t *t = conn_new(verify ? &c->verify : &c->noverify);
+    /* Always set it when verifying: 2.28.3 skips the name check without a
+     * word otherwise (CVE-2025-27809). */
+    if (t && sni && mbedtls_ssl_set_hostname(&t->ssl, sni) != 0) {
+        tls_conn_free(t);
+        return NULL;
+    }
+    return t;
+}
+
+void tls_conn_free(tls_conn_t *t)
+{
+    if (!t)
+        return;
+    mbedtls_ssl_free(&t->ssl);
+    buf_free(&t->in);
+    buf_free(&t->out);
+    tls_server_unref(t->server);
+    free(t);
+}
+
+int tls_feed(tls_conn_t *t, const char *data, size_t len)
+{
+    if (t->in_off > 0 && t->in_off == t->in.len)
+        t->in.len = t->in_off = 0;
+    if (t->in_off > 0 && buf_room(&t->in) < len) { /* compact */
+        buf_consume(&t->in, t->in_off);
+        t->in_off = 0;
+    }
+    return buf_append(&t->in, data, len) < 0 ? TLS_ERROR : TLS_OK;
+}
+
+void tls_feed_eof(tls_conn_t *t)
+{
+    t->eof = true;
+}
+
+static int fail(tls_conn_t *t, int rc, const char *what)
+{
+    t->failed = true;
+    if (rc == MBEDTLS_ERR_X509_CERT_VERIFY_FAILED) {
+        char info[160] = "";
+        uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+        mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+        char *nl = strchr(info, '\n');
+        if (nl)
+            *nl = '\0';
+        snprintf(t->err, sizeof t->err, "%s: certificate verification failed: %s", what, info);
+    } else if (rc == MBEDTLS_ERR_SSL_CONN_EOF) {
+        snprintf(t->err, sizeof t->err, "%s: connection closed", what);
+    } else {
+        errtext(rc, t->err, sizeof t->err, what);
+    }
+    return TLS_ERROR;
+}
+
+int tls_handshake(tls_conn_t *t)
+{
+    if (t->hs_done)
+        return TLS_OK;
+    if (t->failed)
+        return TLS_ERROR;
+    int rc = mbedtls_ssl_handshake(&t->ssl);
+    if (rc == 0) {
+        t->hs_done = true;
+        return TLS_OK;
+    }
+    if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+        return TLS_AGAIN;
+    return fail(t, rc, "TLS handshake");
+}
+
+bool tls_handshake_done(const tls_conn_t *t)
+{
+    return t->hs_done;
+}
+
+int tls_read(tls_conn_t *t, char *out, size_t len)
+{
+    for (int empty = 0; empty < 4; empty++) {
+        int rc = mbedtls_ssl_read(&t->ssl, (unsigned char *)out, len);
+        if (rc > 0)
+            return rc;
+        if (rc == 0) {
+            /* 0 is EOF only when the socket said so; else an empty record
+             * (Mbed-TLS/mbedtls#6508): read on */
+            if (t->eof && t->in_off == t->in.len)
+                return TLS_EOF;
+            continue;
+        }
+        if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
+            return TLS_AGAIN;
+        if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
+            return TLS_EOF;
+        return fail(t, rc, "TLS read");
+    }
+    return TLS_AGAIN;
+}
+
+int tls_write(tls_conn_t *t, const char *data, size_t len)
+{
+    size_t done = 0;
+    while (done < len) {
+        int rc = mbedtls_ssl_write(&t->ssl, (const unsigned char *)data + done, len - done);
+        if (rc > 0) {
+            done += (size_t)rc;
+            continue;
+        }
+        if (rc == MBEDTLS_ERR_SSL_WANT_WRITE || rc == MBEDTLS_ERR_SSL_WANT_READ)
+            continue; /* our BIO never blocks: try again */
+        return fail(t, rc, "TLS write");
+    }
+    return TLS_OK;
+}
+
+void tls_close_notify(tls_conn_t *t)
+{
+    if (t->hs_done && !t->failed)
+        mbedtls_ssl_close_notify(&t->ssl);
+}
+
+size_t tls_out_len(const tls_conn_t *t)
+{
+    return t->out.len;
+}
+
+char *tls_out_take(tls_conn_t *t, size_t *len)
+{
+    *len = t->out.len;
+    if (t->out.len == 0)
+        return NULL;
+    char *p = malloc(t->out.len);
+    memcpy(p, t->out.data, t->out.len);
+    t->out.len = 0;
+    return p;
+}
+
+bool tls_pending(const tls_conn_t *t)
+{
+    return mbedtls_ssl_get_bytes_avail(&t->ssl) > 0 || t->in_off < t->in.len;
+}
+
+const char *tls_error(const tls_conn_t *t)
+{
+    return t->err[0] ? t->err : "TLS error";
+}
+
+const char *tls_sni(const tls_conn_t *t)
+{
+    return t->sni[0] ? t->sni : NULL;
+}
+
+const char *tls_protocol(const tls_conn_t *t)
+{
+    return mbedtls_ssl_get_version(&t->ssl);
+}
+
+const char *tls_cipher(const tls_conn_t *t)
+{
+    return mbedtls_ssl_get_ciphersuite(&t->ssl);
+}
+
+bool tls_peer_cert(const tls_conn_t *t, char *subject, size_t sl, char *issuer, size_t il, char *serial, size_t srl,
+                   char *fingerprint, size_t fl)
+{
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+    if (!crt || mbedtls_ssl_get_verify_result(&t->ssl) != 0)
+        return false;
+    mbedtls_x509_dn_gets(subject, sl, &crt->subject);
+    mbedtls_x509_dn_gets(issuer, il, &crt->issuer);
+    mbedtls_x509_serial_gets(serial, srl, &crt->serial);
+    unsigned char d[32];
+    mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA256), crt->raw.p, crt->raw.len, d);
+    size_t n = 0;
+    for (int i = 0; i < 32 && n + 3 < fl; i++)
+        n += (size_t)snprintf(fingerprint + n, fl - n, "%s%02X", i ? ":" : "", d[i]);
+    return true;
+}

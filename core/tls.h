@@ -1,0 +1,80 @@
+/* tls.h: TLS for both legs, over mbedTLS. Everything that depends on the
+ * mbedTLS version (Debian's 2.28: TLS 1.2) stays in tls.c; the rest of
+ * postern sees contexts that eat ciphertext and plaintext through memory
+ * buffers, so the event loop never blocks on TLS. */
+#ifndef POSTERN_TLS_H
+#define POSTERN_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct tls_server tls_server_t;   /* certificates etc. of a listener */
+typedef struct tls_client tls_client_t;   /* the upstream side */
+typedef struct tls_conn tls_conn_t;       /* one connection */
+
+typedef struct tls_cert_conf {
+    const char *name;        /* SNI name ("*.example.com" allowed), NULL for the default */
+    const char *certificate; /* PEM, chain included */
+    const char *key;
+} tls_cert_conf_t;
+
+typedef struct tls_server_conf {
+    const tls_cert_conf_t *certs;  /* certs[0] is the default */
+    int ncerts;
+    const char *protocols;         /* "TLSv1.2" (minimum); NULL: TLSv1.2 */
+    const char *ciphers;           /* IANA names separated by ":" or spaces; NULL: mbedTLS's defaults */
+    const char *client_ca;         /* verify client certificates against this CA file */
+    int verify_client;             /* 0 off, 1 optional, 2 required */
+    double ticket_lifetime;        /* session tickets; keys rotate every lifetime */
+} tls_server_conf_t;
+
+enum { TLS_OK = 0, TLS_AGAIN = -1, TLS_EOF = -2, TLS_ERROR = -3 };
+
+/* Once per process. */
+int tls_global_init(void);
+void tls_global_free(void);
+
+tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen);
+void tls_server_ref(tls_server_t *s);
+void tls_server_unref(tls_server_t *s);
+
+/* ca_file NULL: the system bundle. */
+tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen);
+void tls_client_free(tls_client_t *c);
+
+tls_conn_t *tls_conn_server(tls_server_t *s);
+/* sni: the name sent and checked (verify); NULL when verify is off and no name is wanted */
+tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify);
+void tls_conn_free(tls_conn_t *t);
+
+/* Ciphertext from the socket; `eof` once the socket said EOF. */
+int tls_feed(tls_conn_t *t, const char *data, size_t len);
+void tls_feed_eof(tls_conn_t *t);
+/* TLS_OK when the handshake is complete, TLS_AGAIN to wait for input,
+ * TLS_ERROR (tls_error says why). Flush tls_out afterwards. */
+int tls_handshake(tls_conn_t *t);
+bool tls_handshake_done(const tls_conn_t *t);
+/* Plaintext: > 0 bytes, TLS_AGAIN (nothing buffered), TLS_EOF, TLS_ERROR. */
+int tls_read(tls_conn_t *t, char *out, size_t len);
+/* Encrypts all of data into the output buffer; 0 or TLS_ERROR. */
+int tls_write(tls_conn_t *t, const char *data, size_t len);
+void tls_close_notify(tls_conn_t *t);
+/* The ciphertext waiting to be sent: take it all (the buffer is reset). */
+size_t tls_out_len(const tls_conn_t *t);
+char *tls_out_take(tls_conn_t *t, size_t *len);   /* malloc'd, caller frees */
+/* Plaintext or ciphertext still inside: call tls_read again. */
+bool tls_pending(const tls_conn_t *t);
+
+const char *tls_error(const tls_conn_t *t);
+const char *tls_sni(const tls_conn_t *t);          /* the name the client asked for, or NULL */
+const char *tls_protocol(const tls_conn_t *t);     /* "TLSv1.2" */
+const char *tls_cipher(const tls_conn_t *t);
+bool tls_resumed(const tls_conn_t *t);
+
+/* The client's verified certificate (server side), or false. */
+bool tls_peer_cert(const tls_conn_t *t, char *subject, size_t sl, char *issuer, size_t il, char *serial, size_t srl,
+                   char *fingerprint, size_t fl);
+
+const char *tls_library_version(void);
+
+#endif
