@@ -620,6 +620,9 @@ void lb_wait_done(lb_wait_t *w, int nresults)
     if (!t) {
         *w->done = 1;
         *w->nresults = nresults;
+        /* done inside a timer callback, uv_run(ONCE) would still poll with
+         * no timeout if another handle (a Redis socket) is active */
+        uv_stop(lb_loop());
         return;
     }
     t->wait = NULL;
