@@ -311,6 +311,10 @@ static int l_request(lua_State *L)
         exact = n > 0;
         for (int i = 1; i <= n; i++) {
             lua_rawgeti(L, hidx, i);
+            if (lua_type(L, -1) != LUA_TTABLE) {
+                req_free(r);
+                return luaL_argerror(L, 1, "headers must be { name, value } pairs without CR, LF (or : in names)");
+            }
             lua_rawgeti(L, -1, 1);
             lua_rawgeti(L, -2, 2);
             const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);

@@ -287,6 +287,21 @@ describe("postern library, called directly from busted (blocking)", function()
       assert.is_true(elapsed_since(t0) < 1, "took " .. elapsed_since(t0))
     end)
 
+    it("gives \"timeout\" when something accepts the connection but never answers", function()
+      local silent = assert(require("socket").bind("127.0.0.1", 0))   -- never accepts, never answers
+      local _, port = silent:getsockname()
+      local ok, e = pcall(function()
+        local c = postern.redis.connect { port = tonumber(port), timeout = 0.3 }
+        local t0 = testing.now()
+        local v, err = c:call("PING")
+        assert.is_nil(v)
+        assert.equals("timeout", err)
+        assert.is_true(elapsed_since(t0) < 1.5, "took " .. elapsed_since(t0))
+      end)
+      silent:close()
+      assert(ok, e)
+    end)
+
     it("gives nil and a message when the server is stopped, and reconnects after a restart", function()
       local c = postern.redis.connect { port = r.port, timeout = 2 }
       assert.equals("PONG", c:call("PING"))
@@ -316,6 +331,47 @@ describe("postern library, called directly from busted (blocking)", function()
       assert.equals("PONG", c:call("PING"))
       assert.equals("OK", c:call("SET", "after-timeout", "yes"))
       assert.equals("yes", c:call("GET", "after-timeout"))
+    end)
+  end)
+
+  describe("mixing HTTP and Redis", function()
+    -- Run in a child process under `timeout`: a wait that never ends must
+    -- fail this spec, not hang the suite.
+    it("finishes 200 alternating HTTP and Redis calls (no hang when a request completes inside curl's timer)", function()
+      local r = redis.start()
+      local web = testing.mock_http { name = "fast", body = "fast" }
+      local script = os.tmpname()
+      local ok, e = pcall(function()
+        local f = assert(io.open(script, "w"))
+        f:write(([[
+          io.stdout:setvbuf("no")
+          package.cpath = %q .. "/build/?.so;" .. package.cpath
+          local postern = require "postern"
+          local c = postern.redis.connect { port = %d, timeout = 2 }
+          local n = 0
+          for i = 1, 100 do
+            local res, err = postern.http.request { url = %q, timeout = 3 }
+            print(i, "http", res and res.status, err)
+            if res and res.status == 200 then n = n + 1 end
+            local del, rerr = c:call("DEL", "a")
+            print(i, "redis", del, rerr)
+            if del then n = n + 1 end
+          end
+          print("answered " .. n)
+        ]]):format(testing.root, r.port, web:url("/x")))
+        f:close()
+        local t0 = testing.now()
+        local p = io.popen(("timeout 20 %s %s 2>&1; echo rc=$?"):format(testing.luajit, script))
+        local out = p:read("*a")
+        p:close()
+        print(("\n200 alternating HTTP/Redis calls in blocking mode: %.2f s"):format(elapsed_since(t0)))
+        assert.matches("answered 200", out)
+        assert.matches("rc=0", out)
+      end)
+      os.remove(script)
+      web:stop()
+      r:stop()
+      assert(ok, e)
     end)
   end)
 
@@ -522,6 +578,23 @@ function cases.slow_dns()
   return "resumed"
 end
 
+-- where a hook cannot wait: its own coroutines, and C functions that call back
+function cases.own_coroutine()
+  local ok, err = coroutine.wrap(function() return pcall(postern.sleep, 0.01) end)()
+  return tostring(ok) .. " " .. tostring(err)
+end
+
+function cases.inside_sort()
+  local ok, err = pcall(table.sort, { 3, 1, 2 }, function(a, b) postern.sleep(0.01) return a < b end)
+  return tostring(ok) .. " " .. tostring(err)
+end
+
+-- waiting inside pcall is fine
+function cases.inside_pcall()
+  local ok, r = pcall(postern.http.request, { url = HTTP .. "/hello" })
+  return tostring(ok) .. " " .. tostring(r and r.status)
+end
+
 -- concurrency: each session waits one second
 function cases.wait_sleep()
   postern.sleep(1)
@@ -716,6 +789,20 @@ describe("postern library inside hooks of the real binary", function()
     end)
   end)
 
+  describe("where a hook may wait", function()
+    it("refuses to wait in a coroutine of the policy's own, with a clear error", function()
+      assert.matches("^false .*postern%.sleep can only be called inside a hook", result_of(run_case(proxy, "own_coroutine")))
+    end)
+
+    it("refuses to wait inside a C function that calls back (table.sort)", function()
+      assert.matches("^false .*postern%.sleep cannot wait here", result_of(run_case(proxy, "inside_sort")))
+    end)
+
+    it("waits inside pcall", function()
+      assert.equals("true 200", result_of(run_case(proxy, "inside_pcall")))
+    end)
+  end)
+
   describe("on_close", function()
     it("may call Redis and sleep after the session is gone", function()
       r.cli("DEL", "closed", "closed_reason")
@@ -848,6 +935,64 @@ describe("a hook that outlives auth_timeout while it waits on HTTP", function()
     -- the session is still usable
     assert.matches("^a2 NO", (c:command("a2", "LOGIN alice secret", 10)))
     c:close()
+  end)
+end)
+
+describe("bad arguments to postern.http.request", function()
+  local BAD = {
+    { "a list of strings", '{ "X-A: 1" }' },
+    { "a list of booleans", "{ true }" },
+    { "a pair without a value", '{ { "X-A" } }' },
+    { "a pair with a table value", '{ { "X-A", {} } }' },
+    { "a name with a colon", '{ { "X-A:", "1" } }' },
+  }
+
+  it("raise a Lua error, never crash, when called directly (in a child process)", function()
+    local script = os.tmpname()
+    local f = assert(io.open(script, "w"))
+    f:write(("package.cpath = %q .. '/build/?.so;' .. package.cpath\n"):format(testing.root),
+      "local postern = require 'postern'\n")
+    for i, b in ipairs(BAD) do
+      f:write(("print(%d, pcall(postern.http.request, { url = 'http://127.0.0.1:1/', headers = %s }))\n")
+        :format(i, b[2]))
+    end
+    f:write("print('survived')\n")
+    f:close()
+    local p = io.popen(("timeout 20 %s %s 2>&1; echo rc=$?"):format(testing.luajit, script))
+    local out = p:read("*a")
+    p:close()
+    os.remove(script)
+    assert.matches("survived", out)
+    assert.matches("rc=0", out)
+    for i, b in ipairs(BAD) do
+      assert.matches("\n" .. i .. "\tfalse\t[^\n]*headers must be", "\n" .. out, nil, false, b[1])
+    end
+  end)
+
+  it("raise a Lua error in a hook, never crash the proxy", function()
+    local cases = {}
+    for i, b in ipairs(BAD) do
+      cases[#cases + 1] = ("[%q] = function() return pcall(postern.http.request, { url = 'http://127.0.0.1:1/', headers = %s }) end,")
+        :format("bad" .. i, b[2])
+    end
+    local p = testing.start { policy_source = ([[
+      local postern = require "postern"
+      local cases = { %s }
+      return { authenticate = function(s)
+        local ok, err = cases[s.user]()
+        return nil, "R " .. tostring(ok) .. " " .. tostring(err)
+      end }
+    ]]):format(table.concat(cases, "\n")) }
+    local ok, e = pcall(function()
+      for i = 1, #BAD do
+        local line = run_case(p, "bad" .. i)
+        assert.matches("^a1 NO %[AUTHENTICATIONFAILED%] R false .*headers must be", line, nil, false, BAD[i][1])
+        assert.is_true(p:alive())
+      end
+    end)
+    local stopped, serr = pcall(p.stop, p)
+    assert(ok, e)
+    assert(stopped, serr)
   end)
 end)
 
