@@ -5,6 +5,7 @@
 
 #include "log.h"
 #include "proto.h"
+#include "tls.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -251,7 +252,7 @@ static const struct { const char *name; unsigned bit; } auth_names[] = {
 static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[3])
 {
     static const char *const keys[] = { "address", "protocol", "auth", "starttls", "tls",
-                                        "xclient", "capabilities", NULL };
+                                        "xclient", "capabilities", "verify_client", "client_ca", NULL };
     lua_State *L = c->L;
     listen_conf_t *l = &cfg->listen[i];
     char path[64], kp[256];
@@ -324,26 +325,161 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     if (starttls) {
         snprintf(kp, sizeof kp, "%s.starttls", path);
         int bad = strcmp(starttls, "off") != 0 && strcmp(starttls, "on") != 0 && strcmp(starttls, "only") != 0;
-        int on = strcmp(starttls, "off") != 0;
+        l->starttls = strcmp(starttls, "on") == 0 ? 1 : strcmp(starttls, "only") == 0 ? 2 : 0;
         free(starttls);
         if (bad)
             return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
-        if (on)
-            return fail(c, kp, "STARTTLS is not available in this build yet");
     }
     if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "xclient", &l->xclient) < 0)
         return -1;
-    if (l->tls) {
-        snprintf(kp, sizeof kp, "%s.tls", path);
-        return fail(c, kp, "TLS listeners are not available in this build yet");
+    if (l->tls && l->starttls) {
+        snprintf(kp, sizeof kp, "%s.starttls", path);
+        return fail(c, kp, "a tls = true listener is TLS from the start: STARTTLS makes no sense there");
+    }
+    char *vc = NULL;
+    if (opt_string(c, path, "verify_client", &vc) < 0 || opt_string(c, path, "client_ca", &l->client_ca) < 0) {
+        free(vc);
+        return -1;
+    }
+    if (vc) {
+        l->verify_client = strcmp(vc, "optional") == 0 ? 1 : strcmp(vc, "on") == 0 ? 2 : 0;
+        int bad = l->verify_client == 0 && strcmp(vc, "off") != 0;
+        free(vc);
+        snprintf(kp, sizeof kp, "%s.verify_client", path);
+        if (bad)
+            return fail(c, kp, "must be \"off\", \"optional\" or \"on\"");
+        if (l->verify_client && !l->client_ca)
+            return fail(c, kp, "needs client_ca, the CA file client certificates are checked against");
+    }
+    if (l->client_ca) {
+        char *p = config_path(cfg, l->client_ca);
+        free(l->client_ca);
+        l->client_ca = p;
+    }
+    if ((l->auth & AUTH_EXTERNAL) && !l->verify_client) {
+        snprintf(kp, sizeof kp, "%s.auth", path);
+        return fail(c, kp, "\"external\" needs client certificates: set verify_client and client_ca");
+    }
+    if (l->tls || l->starttls) {
+        if (cfg->ntls_certs == 0) {
+            snprintf(kp, sizeof kp, "%s.%s", path, l->tls ? "tls" : "starttls");
+            return fail(c, kp, "needs a certificate: set tls = { certificate = ..., key = ... }");
+        }
+        tls_server_conf_t tc = { cfg->tls_certs, cfg->ntls_certs, cfg->tls_protocols, cfg->tls_ciphers,
+                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime };
+        char err[600];
+        l->tls_server = tls_server_new(&tc, err, sizeof err);
+        if (!l->tls_server)
+            return fail(c, "tls", "%s", err);
     }
     char *caps = NULL;
     if (opt_words(c, path, "capabilities", &caps) < 0)
         return -1;
     const char *dflt = global_caps[strcmp(l->proto->name, "imap") == 0 ? 0 : strcmp(l->proto->name, "pop3") == 0 ? 1 : 2];
-    l->capabilities = l->proto->capabilities(caps ? caps : dflt, l->auth);
+    l->capabilities = l->proto->capabilities(caps ? caps : dflt, l->auth, 0);
+    if (l->starttls) /* EXTERNAL only once a certificate can be there */
+        l->capabilities_starttls =
+            l->proto->capabilities(caps ? caps : dflt, l->auth & ~(unsigned)AUTH_EXTERNAL, l->starttls);
     free(caps);
     return 0;
+}
+
+/* A certificate/key pair at the top of the stack (`path` for errors). */
+static int read_pair(check_t *c, config_t *cfg, const char *path, const char *name)
+{
+    static const char *const keys[] = { "certificate", "key", NULL };
+    if (lua_type(c->L, -1) != LUA_TTABLE)
+        return fail(c, path, "expected { certificate = \"...pem\", key = \"...key\" }");
+    if (name && check_keys(c, path, keys) < 0)
+        return -1;
+    char *crt = NULL, *key = NULL;
+    if (opt_string(c, path, "certificate", &crt) < 0 || opt_string(c, path, "key", &key) < 0 || !crt || !key) {
+        free(crt);
+        free(key);
+        return c->failed ? -1 : fail(c, path, "needs both certificate and key");
+    }
+    tls_cert_conf_t *t = &cfg->tls_certs[cfg->ntls_certs++];
+    t->name = name ? strdup(name) : NULL;
+    t->certificate = config_path(cfg, crt);
+    t->key = config_path(cfg, key);
+    free(crt);
+    free(key);
+    return 0;
+}
+
+static int read_tls(check_t *c, config_t *cfg)
+{
+    static const char *const keys[] = { "certificate", "key", "certificates", "protocols", "ciphers",
+                                        "upstream_ca", "ticket_lifetime", NULL };
+    lua_State *L = c->L;
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return fail(c, "tls", "expected a table: { certificate = ..., key = ... }");
+    if (check_keys(c, "tls", keys) < 0)
+        return -1;
+    int n = 1;
+    lua_getfield(L, -1, "certificates");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            n++;
+            lua_pop(L, 1);
+        }
+    } else if (!lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return fail(c, "tls.certificates", "expected { [\"mail.example.com\"] = { certificate = ..., key = ... } }");
+    }
+    cfg->tls_certs = calloc((size_t)n, sizeof *cfg->tls_certs);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "certificate");
+    int has_default = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (!has_default)
+        return fail(c, "tls.certificate", "missing (the default certificate, PEM with its chain)");
+    lua_pushvalue(L, -1);
+    int rc = read_pair(c, cfg, "tls", NULL);
+    lua_pop(L, 1);
+    if (rc < 0)
+        return -1;
+    lua_getfield(L, -1, "certificates");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2) && rc == 0) {
+            char kp[300];
+            const char *name = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "?";
+            snprintf(kp, sizeof kp, "tls.certificates[\"%s\"]", name);
+            rc = read_pair(c, cfg, kp, name);
+            lua_pop(L, 1);
+        }
+        if (rc < 0)
+            lua_pop(L, 1); /* the key lua_next left */
+    }
+    lua_pop(L, 1);
+    if (rc < 0)
+        return -1;
+    if (opt_string(c, "tls", "protocols", &cfg->tls_protocols) < 0 ||
+        opt_string(c, "tls", "ciphers", &cfg->tls_ciphers) < 0 ||
+        opt_string(c, "tls", "upstream_ca", &cfg->tls_upstream_ca) < 0 ||
+        opt_number(c, "tls", "ticket_lifetime", &cfg->tls_ticket_lifetime, 60, 86400 * 7) < 0)
+        return -1;
+    if (cfg->tls_upstream_ca) {
+        char *p = config_path(cfg, cfg->tls_upstream_ca);
+        free(cfg->tls_upstream_ca);
+        cfg->tls_upstream_ca = p;
+        if (access(p, R_OK) != 0)
+            return fail(c, "tls.upstream_ca", "cannot read \"%s\"", p);
+    }
+    return 0;
+}
+
+struct tls_client *config_tls_client(config_t *cfg)
+{
+    if (!cfg->tls_client) {
+        char err[600];
+        cfg->tls_client = tls_client_new(cfg->tls_upstream_ca, err, sizeof err);
+        if (!cfg->tls_client)
+            log_msg(LL_ERROR, "TLS towards upstreams: %s", err);
+    }
+    return cfg->tls_client;
 }
 
 static int read_config(check_t *c, config_t *cfg)
@@ -407,12 +543,9 @@ static int read_config(check_t *c, config_t *cfg)
     }
 
     lua_getfield(L, -1, "tls");
-    if (!lua_isnil(L, -1)) {
-        static const char *const tkeys[] = { "certificate", "key", "certificates", NULL };
-        if (lua_type(L, -1) != LUA_TTABLE || check_keys(c, "tls", tkeys) < 0) {
-            lua_pop(L, 1);
-            return fail(c, "tls", "expected a table with certificate, key, certificates");
-        }
+    if (!lua_isnil(L, -1) && read_tls(c, cfg) < 0) {
+        lua_pop(L, 1);
+        return -1;
     }
     lua_pop(L, 1);
 
@@ -504,7 +637,20 @@ void config_free(config_t *cfg)
     for (int i = 0; i < cfg->nlisten; i++) {
         free(cfg->listen[i].address);
         free(cfg->listen[i].capabilities);
+        free(cfg->listen[i].capabilities_starttls);
+        free(cfg->listen[i].client_ca);
+        tls_server_unref(cfg->listen[i].tls_server);
     }
+    for (int i = 0; i < cfg->ntls_certs; i++) {
+        free((char *)cfg->tls_certs[i].name);
+        free((char *)cfg->tls_certs[i].certificate);
+        free((char *)cfg->tls_certs[i].key);
+    }
+    free(cfg->tls_certs);
+    free(cfg->tls_protocols);
+    free(cfg->tls_ciphers);
+    free(cfg->tls_upstream_ca);
+    tls_client_free(cfg->tls_client);
     free(cfg->listen);
     free(cfg->path);
     free(cfg->dir);

@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 
 struct proto;
+struct tls_server;
+struct tls_client;
 
 /* SASL mechanisms a listener may offer (the listener's `auth` list). */
 enum {
@@ -28,9 +30,13 @@ typedef struct listen_conf {
     const struct proto *proto;
     unsigned auth;                 /* AUTH_* mask */
     int starttls;                  /* 0 off, 1 on, 2 only */
-    bool tls;
+    bool tls;                      /* implicit TLS (993, 995, 465) */
     bool xclient;
+    int verify_client;             /* 0 off, 1 optional, 2 required */
+    char *client_ca;
     char *capabilities;            /* pre-auth capabilities, "\n"-separated entries */
+    char *capabilities_starttls;   /* the same before STARTTLS (starttls on/only) */
+    struct tls_server *tls_server; /* certificates etc., when tls or starttls */
 } listen_conf_t;
 
 typedef struct config {
@@ -51,6 +57,12 @@ typedef struct config {
     size_t proxy_buffer;           /* relay buffer per direction */
     listen_conf_t *listen;
     int nlisten;
+    /* tls = { ... } */
+    struct tls_cert_conf *tls_certs; /* [0] the default (certificate, key), then by SNI name */
+    int ntls_certs;
+    char *tls_protocols, *tls_ciphers, *tls_upstream_ca;
+    double tls_ticket_lifetime;
+    struct tls_client *tls_client;   /* towards upstreams: made on first use */
 } config_t;
 
 /* Returns NULL and a message in err ("file: key.path: problem"). */
@@ -60,6 +72,10 @@ config_t *config_acquire(config_t *cfg);
 void config_release(config_t *cfg);   /* frees at the last reference */
 /* 1 when both listen the same addresses with the same protocols */
 int config_same_listeners(const config_t *a, const config_t *b);
+
+/* The upstream TLS client of this configuration (NULL and a log line if
+ * its CA file cannot be read). */
+struct tls_client *config_tls_client(config_t *cfg);
 
 /* Resolves a path from the configuration against its directory (malloc'd). */
 char *config_path(const config_t *cfg, const char *p);

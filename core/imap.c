@@ -22,7 +22,7 @@
 #define IMAP_FWD_MAX (16 * 1024) /* untagged upstream lines passed on at login */
 
 enum { C_COMMAND, C_SASL, C_OAUTH_ERROR };
-enum { U_GREETING, U_CAPABILITY, U_LOGIN };
+enum { U_GREETING, U_STARTTLS, U_CAPABILITY, U_LOGIN };
 enum { CAP_LITERALPLUS = 1, CAP_SASL_IR = 2, CAP_AUTH_PLAIN = 4, CAP_LOGINDISABLED = 8 };
 
 typedef struct imap_state {
@@ -81,7 +81,7 @@ static int has_word(const char *list, const char *w)
     return 0;
 }
 
-static char *imap_capabilities(const char *configured, unsigned auth)
+static char *imap_capabilities(const char *configured, unsigned auth, int starttls)
 {
     const char *base = configured ? configured : "IMAP4rev1";
     static const char *const always[] = { "SASL-IR", "LITERAL+", "ID", NULL };
@@ -94,6 +94,12 @@ static char *imap_capabilities(const char *configured, unsigned auth)
     for (const char *const *w = always; *w; w++)
         if (!has_word(caps, *w))
             strcat(strcat(caps, " "), *w);
+    if (starttls)
+        strcat(caps, " STARTTLS");
+    if (starttls == 2) { /* RFC 9051 §6.2.3: no login before TLS */
+        strcat(caps, " LOGINDISABLED");
+        return caps;
+    }
     char mechs[128];
     sasl_mech_list(auth, mechs, sizeof mechs);
     char *save = NULL;
@@ -121,7 +127,7 @@ static void imap_bye(session_t *s, const char *why)
 
 static void imap_start(session_t *s)
 {
-    session_printf(s, "* OK [CAPABILITY %s] %s ready\r\n", s->listener->capabilities, s->cfg->server_name);
+    session_printf(s, "* OK [CAPABILITY %s] %s ready\r\n", session_capabilities(s), s->cfg->server_name);
 }
 
 static void imap_auth_refused(session_t *s, const refusal_t *r)
@@ -305,12 +311,15 @@ static void dispatch(session_t *s, const char *buf, const imap_command_t *cmd)
     const char *name = buf + cmd->name_off;
     size_t nl = cmd->name_len;
 #define IS(w) (nl == sizeof(w) - 1 && strncasecmp(name, w, nl) == 0)
-    if (IS("LOGIN")) {
+    if ((IS("LOGIN") || IS("AUTHENTICATE")) && session_tls_required(s)) {
+        /* starttls = "only": LOGINDISABLED until TLS (RFC 9051 §6.2.3) */
+        reply(s, "NO", "[PRIVACYREQUIRED] Use STARTTLS first");
+    } else if (IS("LOGIN")) {
         cmd_login(s, buf, cmd);
     } else if (IS("AUTHENTICATE")) {
         cmd_authenticate(s, buf, cmd);
     } else if (IS("CAPABILITY") && cmd->nargs == 0) {
-        session_printf(s, "* CAPABILITY %s\r\n", s->listener->capabilities);
+        session_printf(s, "* CAPABILITY %s\r\n", session_capabilities(s));
         reply(s, "OK", "CAPABILITY completed");
     } else if (IS("NOOP") && cmd->nargs == 0) {
         reply(s, "OK", "NOOP completed");
@@ -321,8 +330,11 @@ static void dispatch(session_t *s, const char *buf, const imap_command_t *cmd)
         session_quit(s);
     } else if (IS("ID")) {
         cmd_id(s, buf, cmd);
+    } else if (IS("STARTTLS") && cmd->nargs == 0 && s->listener->starttls && !s->ctls) {
+        reply(s, "OK", "Begin TLS negotiation now");
+        session_starttls(s);
     } else if (IS("STARTTLS")) {
-        reply(s, "BAD", "STARTTLS is not available on this port");
+        reply(s, "BAD", s->ctls ? "TLS is already active" : "STARTTLS is not available on this port");
     } else if (IS("CAPABILITY") || IS("NOOP") || IS("LOGOUT")) {
         reply(s, "BAD", "This command takes no arguments");
         session_error(s);
@@ -581,7 +593,10 @@ static void upstream_line(session_t *s, const char *line, size_t len)
     char why[300];
     switch (st->ustate) {
     case U_GREETING:
-        if (starts(line, len, "* OK")) {
+        if (starts(line, len, "* OK") && session_upstream_wants_starttls(s)) {
+            st->ustate = U_STARTTLS;
+            session_upstream_write(s, "P0 STARTTLS\r\n", 13);
+        } else if (starts(line, len, "* OK")) {
             const char *caps = find_caps(line, len);
             if (caps) {
                 parse_caps(st, caps, len - (size_t)(caps - line));
@@ -602,6 +617,14 @@ static void upstream_line(session_t *s, const char *line, size_t len)
             snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
                      line);
             session_upstream_failed(s, why);
+        }
+        return;
+    case U_STARTTLS:
+        if (starts(line, len, "P0 OK")) {
+            session_upstream_starttls(s);
+        } else if (starts(line, len, "P0 ")) {
+            /* never falls back to plaintext */
+            session_upstream_failed(s, "upstream refused STARTTLS");
         }
         return;
     case U_CAPABILITY:
@@ -684,11 +707,29 @@ static void imap_upstream_input(session_t *s)
     }
 }
 
+static void imap_tls_started(session_t *s)
+{
+    imap_state_t *st = st_of(s);
+    st->state = C_COMMAND;
+    st->lit_acked = 0;
+}
+
+/* ---- upstream STARTTLS ---- */
+
+static void imap_upstream_tls_ready(session_t *s)
+{
+    /* capabilities change with TLS: ask again (RFC 9051 §6.2.1) */
+    imap_state_t *st = st_of(s);
+    st->ustate = U_CAPABILITY;
+    st->ucaps = 0;
+    session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
+}
+
 const proto_t proto_imap = {
     .name = "imap",
     .default_ports = { 143, 993 },
     .default_auth = AUTH_LOGIN | AUTH_PLAIN,
-    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER,
+    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_EXTERNAL,
     .state_size = sizeof(imap_state_t),
     .capabilities = imap_capabilities,
     .start = imap_start,
@@ -698,5 +739,7 @@ const proto_t proto_imap = {
     .cleanup = imap_cleanup,
     .upstream_start = imap_upstream_start,
     .upstream_input = imap_upstream_input,
+    .tls_started = imap_tls_started,
+    .upstream_tls_ready = imap_upstream_tls_ready,
 };
 

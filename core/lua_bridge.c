@@ -11,6 +11,7 @@
 #include "postern_lib.h"
 #include "sasl.h"
 #include "session.h"
+#include "tls.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -178,11 +179,16 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
     u->xclient = lua_isnil(L, -1) ? -1 : lua_toboolean(L, -1);
     lua_pop(L, 1);
     char *tls = opt_str(L, idx, "tls", path, err, errlen, &bad);
-    if (tls && strcmp(tls, "off") != 0 && !bad) {
-        snprintf(err, errlen, "%s.tls: \"%s\" is not available in this build yet", path, tls);
+    u->tls = !tls || strcmp(tls, "off") == 0 ? 0 : strcmp(tls, "on") == 0 ? 1 : strcmp(tls, "starttls") == 0 ? 2 : -1;
+    if (u->tls < 0 && !bad) {
+        snprintf(err, errlen, "%s.tls: \"%s\" is not \"off\", \"on\" or \"starttls\"", path, tls);
         bad = 1;
     }
     free(tls);
+    u->sni = opt_str(L, idx, "sni", path, err, errlen, &bad);
+    lua_getfield(L, idx, "verify");
+    u->verify = lua_isnil(L, -1) ? true : lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, idx, "port");
     double port = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
     lua_pop(L, 1);
@@ -403,8 +409,23 @@ static void push_session(lua_State *L, session_t *s)
     set_str(L, "local_ip", s->local_ip);
     set_num(L, "local_port", s->local_port);
     set_str(L, "server_name", s->cfg->server_name);
-    lua_pushboolean(L, 0);
+    lua_pushboolean(L, s->tls_active);
     lua_setfield(L, -2, "tls");
+    if (s->ctls && s->tls_active) {
+        set_str(L, "sni", tls_sni(s->ctls));
+        set_str(L, "tls_protocol", tls_protocol(s->ctls));
+        set_str(L, "tls_cipher", tls_cipher(s->ctls));
+        char subject[512], issuer[512], serial[128], fp[128];
+        if (tls_peer_cert(s->ctls, subject, sizeof subject, issuer, sizeof issuer, serial, sizeof serial, fp,
+                          sizeof fp)) {
+            lua_createtable(L, 0, 4);
+            set_str(L, "subject", subject);
+            set_str(L, "issuer", issuer);
+            set_str(L, "serial", serial);
+            set_str(L, "fingerprint", fp);
+            lua_setfield(L, -2, "client_cert");
+        }
+    }
     set_str(L, "user", s->cred.user);
     set_str(L, "password", s->cred.password);
     set_str(L, "authzid", s->cred.authzid);

@@ -20,7 +20,7 @@
 #define POP3_MAX_CRED 1024
 
 enum { C_COMMAND, C_SASL, C_OAUTH_ERROR };
-enum { U_GREETING, U_USER, U_PASS, U_LOGIN, U_AUTH };
+enum { U_GREETING, U_STLS, U_USER, U_PASS, U_LOGIN, U_AUTH };
 
 typedef struct pop3_state {
     int state;
@@ -32,6 +32,7 @@ typedef struct pop3_state {
     int ustate;
     int umech;
     char *pending[2];            /* sent one per "+OK" or "+ " from the upstream */
+    char *greeting;              /* the upstream's, kept for APOP across STLS */
     int npending, next_pending;
 } pop3_state_t;
 
@@ -73,12 +74,13 @@ static void pop3_cleanup(session_t *s)
     pop3_state_t *st = st_of(s);
     wipe_free(&st->user);
     free(st->oauth_failure);
+    free(st->greeting);
     free_pending(st);
 }
 
 /* CAPA lines, "\r\n"-separated: the configured ones, then USER, SASL and
  * PIPELINING as the listener offers them. */
-static char *pop3_capabilities(const char *configured, unsigned auth)
+static char *pop3_capabilities(const char *configured, unsigned auth, int starttls)
 {
     const char *base = configured ? configured : "TOP\nUIDL";
     char mechs[128];
@@ -91,9 +93,11 @@ static char *pop3_capabilities(const char *configured, unsigned auth)
     for (char *w = strtok_r(copy, "\n", &save); w; w = strtok_r(NULL, "\n", &save))
         p += sprintf(p, "%s\r\n", w);
     free(copy);
-    if (auth & AUTH_USER)
+    if (starttls) /* RFC 2595 §4 */
+        p += sprintf(p, "STLS\r\n");
+    if ((auth & AUTH_USER) && starttls != 2)
         p += sprintf(p, "USER\r\n");
-    if (mechs[0])
+    if (mechs[0] && starttls != 2)
         p += sprintf(p, "SASL %s\r\n", mechs);
     /* the refusals carry [AUTH] and [SYS/TEMP] (RFC 2449 §6.4, RFC 3206 §6) */
     sprintf(p, "RESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n");
@@ -190,8 +194,14 @@ static void command(session_t *s, char *line, size_t len)
     char *arg = sp ? sp + 1 : line + len; /* the rest of the line */
     size_t al = len - (size_t)(arg - line);
 
-    if (is_word(line, vl, "CAPA") && al == 0) {
-        session_printf(s, "+OK Capability list follows\r\n%s.\r\n", s->listener->capabilities);
+    if ((is_word(line, vl, "USER") || is_word(line, vl, "PASS") || is_word(line, vl, "APOP") ||
+         is_word(line, vl, "AUTH")) && session_tls_required(s)) {
+        session_printf(s, "-ERR Use STLS first\r\n"); /* starttls = "only" */
+    } else if (is_word(line, vl, "STLS") && al == 0 && s->listener->starttls && !s->ctls) {
+        session_printf(s, "+OK Begin TLS negotiation\r\n");
+        session_starttls(s);
+    } else if (is_word(line, vl, "CAPA") && al == 0) {
+        session_printf(s, "+OK Capability list follows\r\n%s.\r\n", session_capabilities(s));
     } else if (is_word(line, vl, "NOOP") && al == 0) {
         session_printf(s, "+OK\r\n");
     } else if (is_word(line, vl, "RSET") && al == 0) {
@@ -266,7 +276,7 @@ static void command(session_t *s, char *line, size_t len)
         int rc = sasl_begin(&st->sasl, mech, ir, irl, s->cfg->server_name, &s->cred, challenge, sizeof challenge);
         sasl_result(s, rc, challenge);
     } else if (is_word(line, vl, "STLS")) {
-        session_printf(s, "-ERR STLS is not available on this port\r\n");
+        session_printf(s, s->ctls ? "-ERR TLS is already active\r\n" : "-ERR STLS is not available on this port\r\n");
     } else {
         unknown(s, "Unknown command or not allowed before login");
     }
@@ -403,7 +413,12 @@ static void upstream_line(session_t *s, const char *line, size_t len)
     int err = len >= 4 && strncmp(line, "-ERR", 4) == 0;
     switch (st->ustate) {
     case U_GREETING:
-        if (ok) {
+        if (ok && session_upstream_wants_starttls(s)) {
+            free(st->greeting);
+            st->greeting = strndup(line, len);
+            st->ustate = U_STLS;
+            session_upstream_write(s, "STLS\r\n", 6);
+        } else if (ok) {
             start_login(s, line, len);
         } else {
             char why[200];
@@ -411,6 +426,12 @@ static void upstream_line(session_t *s, const char *line, size_t len)
                      line);
             session_upstream_failed(s, why);
         }
+        return;
+    case U_STLS:
+        if (ok)
+            session_upstream_starttls(s);
+        else /* never falls back to plaintext */
+            session_upstream_failed(s, "upstream refused STLS");
         return;
     case U_USER:
         if (ok && st->next_pending < st->npending) {
@@ -467,11 +488,25 @@ static void pop3_upstream_input(session_t *s)
     }
 }
 
+static void pop3_tls_started(session_t *s)
+{
+    pop3_state_t *st = st_of(s);
+    st->state = C_COMMAND;
+    wipe_free(&st->user);
+}
+
+static void pop3_upstream_tls_ready(session_t *s)
+{
+    pop3_state_t *st = st_of(s);
+    const char *g = st->greeting ? st->greeting : "+OK";
+    start_login(s, g, strlen(g));
+}
+
 const proto_t proto_pop3 = {
     .name = "pop3",
     .default_ports = { 110, 995 },
     .default_auth = AUTH_USER | AUTH_PLAIN,
-    .allowed_auth = AUTH_USER | AUTH_APOP | AUTH_PLAIN | AUTH_LOGIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER,
+    .allowed_auth = AUTH_USER | AUTH_APOP | AUTH_PLAIN | AUTH_LOGIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_EXTERNAL,
     .state_size = sizeof(pop3_state_t),
     .capabilities = pop3_capabilities,
     .start = pop3_start,
@@ -481,4 +516,6 @@ const proto_t proto_pop3 = {
     .cleanup = pop3_cleanup,
     .upstream_start = pop3_upstream_start,
     .upstream_input = pop3_upstream_input,
+    .tls_started = pop3_tls_started,
+    .upstream_tls_ready = pop3_upstream_tls_ready,
 };

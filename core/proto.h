@@ -17,8 +17,10 @@ typedef struct proto {
     size_t state_size;             /* bytes of per-session protocol state */
 
     /* Build the listener's pre-auth capability string (malloc'd) from the
-     * configured list (NULL: the protocol's default) and the auth mask. */
-    char *(*capabilities)(const char *configured, unsigned auth);
+     * configured list (NULL: the protocol's default) and the auth mask;
+     * starttls: 0 (TLS is on, or never), 1 (STARTTLS offered), 2 (only:
+     * STARTTLS offered and no authentication before it). */
+    char *(*capabilities)(const char *configured, unsigned auth, int starttls);
 
     /* Client side, before authentication. */
     void (*start)(struct session *s);            /* send the greeting */
@@ -27,10 +29,12 @@ typedef struct proto {
     void (*bye)(struct session *s, const char *why); /* last words before close */
     void (*cleanup)(struct session *s);          /* free what the state points to */
     void (*on_timer)(struct session *s);         /* a delay asked with session_protocol_timer() */
+    void (*tls_started)(struct session *s);      /* the STARTTLS handshake is done: start afresh */
 
     /* Upstream login, after the policy chose an upstream. */
     void (*upstream_start)(struct session *s);   /* connected: login begins */
     void (*upstream_input)(struct session *s);   /* parse s->uin and act */
+    void (*upstream_tls_ready)(struct session *s); /* the upstream STARTTLS handshake is done */
 } proto_t;
 
 extern const proto_t proto_imap, proto_pop3, proto_smtp;

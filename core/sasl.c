@@ -39,6 +39,7 @@ static const struct {
     { "CRAM-MD5", SASL_CRAM_MD5, AUTH_CRAM_MD5 },
     { "XOAUTH2", SASL_XOAUTH2, AUTH_XOAUTH2 },
     { "OAUTHBEARER", SASL_OAUTHBEARER, AUTH_OAUTHBEARER },
+    { "EXTERNAL", SASL_EXTERNAL, AUTH_EXTERNAL },
 };
 #define NMECHS (sizeof mechs / sizeof *mechs)
 
@@ -115,6 +116,9 @@ int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *s
         break;
     case SASL_OAUTHBEARER:
         cred->mechanism = "oauthbearer";
+        break;
+    case SASL_EXTERNAL:
+        cred->mechanism = "external";
         break;
     default:
         return SASL_BAD_MECH;
@@ -249,6 +253,11 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
         if (oauthbearer(msg, n, cred) < 0)
             rc = SASL_BAD_MESSAGE;
         break;
+    case SASL_EXTERNAL:
+        /* the authorization identity, often empty: the certificate says who */
+        if (n > 0)
+            set(&cred->authzid, msg, n);
+        break;
     default:
         rc = SASL_BAD_MECH;
     }
@@ -281,7 +290,7 @@ int sasl_upstream_mech(const credentials_t *client, const char *override)
     if (!m)
         return 0;
     int mech = sasl_mech_from_name(m, strlen(m), ~0u);
-    if (mech == SASL_CRAM_MD5) /* never a client mechanism of ours upstream */
+    if (mech == SASL_CRAM_MD5 || mech == SASL_EXTERNAL) /* never client mechanisms of ours upstream */
         return 0;
     if (override)
         return mech;

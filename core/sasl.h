@@ -28,6 +28,7 @@ enum {
     SASL_CRAM_MD5,
     SASL_XOAUTH2,
     SASL_OAUTHBEARER,
+    SASL_EXTERNAL,           /* the TLS client certificate (RFC 4422 appendix A) */
 };
 
 typedef struct sasl {

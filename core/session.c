@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "lua_bridge.h"
+#include "tls.h"
 #include "relay.h"
 #include "upstream.h"
 
@@ -25,10 +26,15 @@ typedef struct write_req {
     uv_write_t req;
     session_t *s;
     size_t len;
-    char data[];
+    char *data;
 } write_req_t;
 
+#define SESSION_RAW_SIZE 16384 /* one read of ciphertext */
+
 static void session_free(session_t *s);
+static void session_ready(session_t *s);
+static void back_to_preauth(session_t *s);
+static void tls_handshake_finished(session_t *s);
 static void client_read_start(session_t *s);
 static void on_timeout(uv_timer_t *t);
 
@@ -138,7 +144,25 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     nsessions++;
     session_log(s, LL_INFO, "client connected");
 
+    if (l->tls) { /* implicit TLS: the handshake comes before anything else */
+        s->ctls = tls_conn_server(l->tls_server);
+        if (!s->ctls) {
+            session_close(s, "cannot set up TLS");
+            return;
+        }
+        s->phase = PHASE_TLS_HANDSHAKE;
+        session_set_timeout(s, s->cfg->timeout);
+        client_read_start(s);
+        return;
+    }
     client_read_start(s);
+    session_ready(s);
+}
+
+/* Connected (and TLS done on a TLS port): the on_connect hook, or the
+ * greeting. */
+static void session_ready(session_t *s)
+{
     if (lb_has_hook(s->policy, "on_connect")) {
         s->phase = PHASE_CONNECT_HOOK;
         session_set_timeout(s, s->cfg->auth_timeout);
@@ -148,12 +172,62 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     }
 }
 
+static void tls_handshake_finished(session_t *s)
+{
+    if (!s->starttls) {
+        session_ready(s);
+        return;
+    }
+    /* after STARTTLS: a fresh start, as the RFCs want (no greeting) */
+    s->phase = PHASE_PREAUTH;
+    session_set_timeout(s, s->cfg->timeout);
+    if (s->proto->tls_started)
+        s->proto->tls_started(s);
+}
+
+void session_starttls(session_t *s)
+{
+    if (s->phase != PHASE_PREAUTH || s->ctls || !s->listener->tls_server)
+        return;
+    /* Whatever the client pipelined behind STARTTLS is plaintext an
+     * attacker could have injected: it is dropped, never executed. */
+    if (s->cin.len)
+        session_log(s, LL_INFO, "dropped %zu bytes sent after STARTTLS", s->cin.len);
+    s->cin.len = 0;
+    s->ctls = tls_conn_server(s->listener->tls_server);
+    if (!s->ctls) {
+        session_close(s, "cannot set up TLS");
+        return;
+    }
+    s->starttls = true;
+    s->phase = PHASE_TLS_HANDSHAKE;
+    session_set_timeout(s, s->cfg->timeout);
+    client_read_start(s);
+}
+
+const char *session_capabilities(const session_t *s)
+{
+    const listen_conf_t *l = s->listener;
+    return l->starttls && !s->tls_active && l->capabilities_starttls ? l->capabilities_starttls : l->capabilities;
+}
+
+bool session_tls_required(const session_t *s)
+{
+    return s->listener->starttls == 2 && !s->tls_active;
+}
+
 /* ---- client input before the relay ---- */
 
 static void client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
 {
     session_t *s = h->data;
     (void)suggested;
+    if (s->ctls) { /* ciphertext goes to a scratch buffer, plaintext to cin */
+        if (!s->raw)
+            s->raw = malloc(SESSION_RAW_SIZE);
+        *b = uv_buf_init(s->raw, s->raw ? SESSION_RAW_SIZE : 0);
+        return;
+    }
     size_t want = buf_room(&s->cin);
     if (want > 16384)
         want = 16384;
@@ -164,17 +238,109 @@ static void client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init(s->cin.data + s->cin.len, (unsigned)want);
 }
 
+static int client_decrypt(session_t *s);
+
 static void process_input(session_t *s)
 {
     if (s->phase != PHASE_PREAUTH || s->quit)
         return;
-    s->proto->client_input(s);
+    do
+        s->proto->client_input(s);
+    while (s->phase == PHASE_PREAUTH && !s->quit && !session_output_blocked(s) && s->ctls &&
+           tls_pending(s->ctls) && client_decrypt(s) > 0);
     if (s->phase != PHASE_PREAUTH || s->quit || session_output_blocked(s))
         return;
     if (s->client_eof) /* every command the client sent before its EOF is answered */
         session_quit(s);
     else if (buf_room(&s->cin) > 0)
         client_read_start(s);
+}
+
+/* ---- TLS towards the client ---- */
+
+static void write_raw(session_t *s, char *data, size_t len); /* takes data */
+
+static void flush_tls(session_t *s)
+{
+    size_t n;
+    char *out = tls_out_take(s->ctls, &n);
+    if (out)
+        write_raw(s, out, n);
+}
+
+/* Plaintext from the TLS context into cin: > 0 bytes added, 0 none now,
+ * -1 the session was closed. */
+static int client_decrypt(session_t *s)
+{
+    int added = 0;
+    while (buf_room(&s->cin) > 0) {
+        size_t want = buf_room(&s->cin) < 16384 ? buf_room(&s->cin) : 16384;
+        if (buf_reserve(&s->cin, want) < 0)
+            break;
+        int n = tls_read(s->ctls, s->cin.data + s->cin.len, want);
+        if (n > 0) {
+            s->cin.len += (size_t)n;
+            added += n;
+            continue;
+        }
+        if (n == TLS_AGAIN)
+            break;
+        flush_tls(s);
+        if (n == TLS_EOF) {
+            if (s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
+                s->client_eof = true;
+                s->close_reason = "client closed connection";
+                return added;
+            }
+            session_close(s, "client closed connection");
+        } else {
+            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
+            session_close(s, "TLS error");
+        }
+        return -1;
+    }
+    flush_tls(s); /* mbedTLS may have answered something (alerts) */
+    return added;
+}
+
+static void client_tls_input(session_t *s, const char *data, size_t len)
+{
+    if (tls_feed(s->ctls, data, len) < 0) {
+        session_close(s, "TLS input too large");
+        return;
+    }
+    if (!tls_handshake_done(s->ctls)) {
+        int rc = tls_handshake(s->ctls);
+        flush_tls(s);
+        if (rc == TLS_AGAIN)
+            return;
+        if (rc == TLS_ERROR) {
+            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
+            session_close(s, "TLS handshake failed");
+            return;
+        }
+        s->tls_active = true;
+        session_log(s, LL_DEBUG, "TLS handshake done: %s, %s%s%s", tls_protocol(s->ctls), tls_cipher(s->ctls),
+                    tls_sni(s->ctls) ? ", SNI " : "", tls_sni(s->ctls) ? tls_sni(s->ctls) : "");
+        if (s->phase == PHASE_TLS_HANDSHAKE) {
+            tls_handshake_finished(s);
+            if (s->phase == PHASE_CLOSING)
+                return;
+        }
+    }
+    int added = client_decrypt(s);
+    if (added < 0)
+        return;
+    if (s->phase == PHASE_PREAUTH) {
+        if (added > 0 && !s->proto_timer)
+            session_set_timeout(s, s->cfg->timeout);
+        process_input(s);
+    } else if (s->client_eof && s->phase == PHASE_PREAUTH) {
+        process_input(s);
+    } else if (buf_room(&s->cin) == 0 && s->client_reading) {
+        uv_read_stop((uv_stream_t *)&s->client);
+        s->client_reading = false;
+    }
 }
 
 static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
@@ -188,6 +354,8 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         s->client_reading = false;
         return;
     }
+    if (nread == UV_EOF && s->ctls && s->tls_active && client_decrypt(s) < 0)
+        return; /* the last records before the EOF are plaintext too */
     if (nread == UV_EOF && s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
         /* A half-close after pipelined commands (printf ... | nc -N):
          * answer them all, then close (see process_input and the relay).
@@ -208,6 +376,10 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     }
     if (nread == 0)
         return;
+    if (s->ctls) {
+        client_tls_input(s, b->base, (size_t)nread);
+        return;
+    }
     s->cin.len += (size_t)nread;
     if (s->phase == PHASE_PREAUTH) {
         if (!s->proto_timer)
@@ -241,6 +413,7 @@ static void client_written(uv_write_t *req, int status)
     write_req_t *w = (write_req_t *)req;
     session_t *s = w->s;
     s->client_queued -= w->len;
+    free(w->data);
     free(w);
     if (s->phase == PHASE_CLOSING)
         return;
@@ -256,23 +429,28 @@ static void client_written(uv_write_t *req, int status)
         process_input(s);
 }
 
-void session_write(session_t *s, const void *data, size_t len)
+/* Queues bytes as they are on the wire; takes ownership of data. */
+static void write_raw(session_t *s, char *data, size_t len)
 {
-    if (s->phase == PHASE_CLOSING || len == 0)
+    if (s->phase == PHASE_CLOSING || len == 0) {
+        free(data);
         return;
-    write_req_t *w = malloc(sizeof *w + len);
+    }
+    write_req_t *w = malloc(sizeof *w);
     if (!w) {
+        free(data);
         session_close(s, "out of memory");
         return;
     }
     w->s = s;
     w->len = len;
-    memcpy(w->data, data, len);
+    w->data = data;
     uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
     s->client_queued += len;
     int rc = uv_write(&w->req, (uv_stream_t *)&s->client, &b, 1, client_written);
     if (rc < 0) {
         s->client_queued -= len;
+        free(w->data);
         free(w);
         session_close(s, uv_err_name(rc));
         return;
@@ -281,6 +459,28 @@ void session_write(session_t *s, const void *data, size_t len)
         uv_read_stop((uv_stream_t *)&s->client);
         s->client_reading = false;
     }
+}
+
+void session_write(session_t *s, const void *data, size_t len)
+{
+    if (s->phase == PHASE_CLOSING || len == 0)
+        return;
+    if (s->ctls && s->tls_active) {
+        if (tls_write(s->ctls, data, len) < 0) {
+            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
+            session_close(s, "TLS error");
+            return;
+        }
+        flush_tls(s);
+        return;
+    }
+    char *copy = malloc(len);
+    if (!copy) {
+        session_close(s, "out of memory");
+        return;
+    }
+    memcpy(copy, data, len);
+    write_raw(s, copy, len);
 }
 
 void session_printf(session_t *s, const char *fmt, ...)
@@ -383,6 +583,7 @@ void upstreams_free(upstream_t *u, int n)
         free(u[i].host);
         free(u[i].user);
         free(u[i].auth);
+        free(u[i].sni);
         if (u[i].password) {
             explicit_bzero(u[i].password, strlen(u[i].password));
             free(u[i].password);
@@ -402,6 +603,8 @@ static void session_free(session_t *s)
     nsessions--;
     relay_free(s->relay);
     refusal_free(s->pending_refusal);
+    tls_conn_free(s->ctls);
+    free(s->raw);
     upstreams_free(s->upstreams, s->nupstreams);
     session_reset_credentials(s);
     envelope_clear(&s->env);
@@ -425,6 +628,10 @@ static void on_timeout(uv_timer_t *t)
     session_t *s = t->data;
     switch (s->phase) {
     case PHASE_CLOSING:
+        return;
+    case PHASE_TLS_HANDSHAKE:
+        session_log(s, LL_INFO, "TLS handshake timed out");
+        session_close(s, "TLS handshake timed out");
         return;
     case PHASE_PREAUTH:
         if (s->proto_timer) {
@@ -471,6 +678,24 @@ void session_protocol_timer(session_t *s, double seconds)
 
 void session_authenticate(session_t *s)
 {
+    if (s->cred.mechanism && strcmp(s->cred.mechanism, "external") == 0) {
+        /* EXTERNAL: the verified client certificate is the credential */
+        char subject[512], issuer[512], serial[128], fp[128];
+        if (!s->ctls || !s->tls_active ||
+            !tls_peer_cert(s->ctls, subject, sizeof subject, issuer, sizeof issuer, serial, sizeof serial, fp,
+                           sizeof fp)) {
+            s->login_attempt++;
+            refusal_t r = { .message = "No verified client certificate" };
+            s->proto->auth_refused(s, &r);
+            back_to_preauth(s);
+            return;
+        }
+        if (!s->cred.user) { /* the user: the authzid, else the certificate's CN */
+            const char *cn = strstr(subject, "CN=");
+            const char *id = s->cred.authzid ? s->cred.authzid : cn ? cn + 3 : subject;
+            s->cred.user = strndup(id, strcspn(id, ","));
+        }
+    }
     s->login_attempt++;
     s->phase = PHASE_AUTH_HOOK;
     session_set_timeout(s, s->cfg->auth_timeout);
@@ -612,37 +837,9 @@ const char *session_upstream_password(const session_t *s)
     return u && u->password ? u->password : s->cred.password;
 }
 
-typedef struct up_write_req {
-    uv_write_t req;
-    size_t len;
-    char data[];
-} up_write_req_t;
-
-static void upstream_written(uv_write_t *req, int status)
-{
-    (void)status; /* a failed write shows up as a read error on the same stream */
-    up_write_req_t *w = (up_write_req_t *)req;
-    explicit_bzero(w->data, w->len); /* login commands carry the password */
-    free(req);
-}
-
 void session_upstream_write(session_t *s, const void *data, size_t len)
 {
-    uv_stream_t *st = upstream_stream(s);
-    if (!st || len == 0)
-        return;
-    up_write_req_t *w = malloc(sizeof *w + len);
-    if (!w) {
-        session_close(s, "out of memory");
-        return;
-    }
-    w->len = len;
-    memcpy(w->data, data, len);
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    if (uv_write(&w->req, st, &b, 1, upstream_written) < 0) {
-        free(w);
-        session_upstream_failed(s, "write to upstream failed");
-    }
+    upstream_write(s, data, len);
 }
 
 void session_upstream_ready(session_t *s, const char *reply, size_t len)

@@ -17,9 +17,11 @@
 struct lb_policy;
 struct lb_task;
 struct upstream_conn;
+struct tls_conn;
 
 /* Which phase the connection is in; each installs its own behaviour. */
 typedef enum {
+    PHASE_TLS_HANDSHAKE, /* implicit TLS, or after STARTTLS */
     PHASE_CONNECT_HOOK,  /* on_connect runs */
     PHASE_PREAUTH,       /* protocol talks to the client */
     PHASE_AUTH_HOOK,     /* authenticate runs; client input is only buffered */
@@ -48,6 +50,9 @@ typedef struct upstream {
     int port;
     char *user;              /* NULL: the client's */
     char *password;
+    int tls;                 /* 0 plaintext, 1 implicit TLS, 2 STARTTLS */
+    bool verify;             /* check the upstream's certificate (default) */
+    char *sni;               /* the name sent and checked; NULL: host */
     char *auth;              /* mechanism to log in upstream with, NULL: the protocol picks */
     int xclient;             /* SMTP XCLIENT: -1 the listener's default, 0 no, 1 yes */
 } upstream_t;
@@ -77,7 +82,11 @@ typedef struct session {
     char client_ip[64], local_ip[64];
     int client_port, local_port;
 
-    buf_t cin;                    /* client bytes not yet parsed */
+    struct tls_conn *ctls;        /* TLS towards the client, when on */
+    bool tls_active;              /* its handshake is done */
+    bool starttls;                /* the handshake follows a STARTTLS */
+    char *raw;                    /* one read of ciphertext */
+    buf_t cin;                    /* client bytes not yet parsed (plaintext) */
     buf_t uin;                    /* upstream bytes during login */
     bool client_reading;
     bool client_eof;
@@ -131,7 +140,14 @@ void session_protocol_timer(session_t *s, double seconds);
 void session_authenticate(session_t *s);          /* s->cred is complete: ask the policy */
 void session_log(const session_t *s, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
+/* TLS towards the client. */
+void session_starttls(session_t *s);              /* after the protocol's OK: handshake, then proto->tls_started */
+const char *session_capabilities(const session_t *s); /* the listener's, for the TLS state */
+bool session_tls_required(const session_t *s);    /* starttls only, and no TLS yet */
+
 /* Upstream login, for protocol modules. */
+void session_upstream_starttls(session_t *s);     /* after the upstream's OK: then proto->upstream_tls_ready */
+bool session_upstream_wants_starttls(const session_t *s);
 void session_upstream_write(session_t *s, const void *data, size_t len);
 const upstream_t *session_upstream(const session_t *s);
 const char *session_upstream_user(const session_t *s);

@@ -22,11 +22,11 @@
 #define SMTP_MAX_ARG 1024
 
 enum { C_GREETING_DELAY, C_COMMAND, C_SASL, C_OAUTH_ERROR };
-enum { U_GREETING, U_EHLO, U_XCLIENT, U_XCLIENT_EHLO, U_AUTH, U_MAIL, U_RCPT };
+enum { U_GREETING, U_EHLO, U_STARTTLS, U_XCLIENT, U_XCLIENT_EHLO, U_AUTH, U_MAIL, U_RCPT };
 enum {
     UC_AUTH_PLAIN = 1 << 0, UC_AUTH_LOGIN = 1 << 1, UC_AUTH_XOAUTH2 = 1 << 2, UC_AUTH_OAUTHBEARER = 1 << 3,
     UC_XCLIENT = 1 << 4, UX_ADDR = 1 << 5, UX_NAME = 1 << 6, UX_LOGIN = 1 << 7, UX_HELO = 1 << 8,
-    UX_PROTO = 1 << 9,
+    UX_PROTO = 1 << 9, UC_STARTTLS = 1 << 10,
 };
 
 typedef struct smtp_state {
@@ -88,15 +88,18 @@ static bool auth_required(const session_t *s)
 }
 
 /* EHLO keywords, "\n"-separated: the configured ones, then AUTH. */
-static char *smtp_capabilities(const char *configured, unsigned auth)
+static char *smtp_capabilities(const char *configured, unsigned auth, int starttls)
 {
     const char *base = configured ? configured : "PIPELINING\nSIZE 10485760\n8BITMIME\nENHANCEDSTATUSCODES";
     char mechs[128];
     sasl_mech_list(auth, mechs, sizeof mechs);
+    if (starttls == 2) /* no AUTH before TLS (nginx's starttls only) */
+        mechs[0] = '\0';
     char *caps = NULL;
-    if (mechs[0] && asprintf(&caps, "%s\nAUTH %s", base, mechs) >= 0)
-        return caps;
-    return strdup(base);
+    if (asprintf(&caps, "%s%s%s%s%s", base, base[0] && (mechs[0] || starttls) ? "\n" : "",
+                 mechs[0] ? "AUTH " : "", mechs, starttls ? (mechs[0] ? "\nSTARTTLS" : "STARTTLS") : "") < 0)
+        return strdup(base);
+    return caps;
 }
 
 static void send_greeting(session_t *s)
@@ -258,7 +261,7 @@ static void command(session_t *s, char *line, size_t len)
         buf_t out;
         buf_init(&out, 8192);
         char head[300];
-        const char *caps = s->listener->capabilities;
+        const char *caps = session_capabilities(s);
         int n = snprintf(head, sizeof head, "250%c%s\r\n", caps[0] ? '-' : ' ', s->cfg->server_name);
         buf_append(&out, head, (size_t)n);
         while (*caps) {
@@ -270,6 +273,11 @@ static void command(session_t *s, char *line, size_t len)
         }
         session_write(s, out.data, out.len);
         buf_free(&out);
+    } else if (is_verb(line, vl, "AUTH") && session_tls_required(s)) {
+        session_printf(s, "530 5.7.0 Must issue a STARTTLS command first\r\n");
+    } else if (is_verb(line, vl, "STARTTLS") && al == 0 && s->listener->starttls && !s->ctls) {
+        session_printf(s, "220 2.0.0 Ready to start TLS\r\n");
+        session_starttls(s);
     } else if (is_verb(line, vl, "AUTH")) {
         unsigned mechs_offered = s->listener->auth & ~(AUTH_NONE | AUTH_USER | AUTH_APOP);
         if (!mechs_offered) {
@@ -367,7 +375,10 @@ static void command(session_t *s, char *line, size_t len)
         else
             session_printf(s, "503 5.5.1 Need RCPT command\r\n");
     } else if (is_verb(line, vl, "STARTTLS")) {
-        session_printf(s, "454 4.7.0 TLS not available\r\n");
+        if (al)
+            syntax(s, "STARTTLS takes no parameters");
+        else
+            session_printf(s, s->ctls ? "503 5.5.1 TLS already active\r\n" : "454 4.7.0 TLS not available\r\n");
     } else if (is_verb(line, vl, "VRFY")) {
         session_printf(s, "252 2.5.2 Cannot VRFY user\r\n");
     } else {
@@ -537,6 +548,15 @@ static void after_ehlo(session_t *s)
 {
     smtp_state_t *st = st_of(s);
     const upstream_t *u = session_upstream(s);
+    if (session_upstream_wants_starttls(s)) {
+        if (!(st->ucaps & UC_STARTTLS)) { /* never falls back to plaintext */
+            session_upstream_failed(s, "upstream does not offer STARTTLS");
+            return;
+        }
+        st->ustate = U_STARTTLS;
+        session_upstream_write(s, "STARTTLS\r\n", 10);
+        return;
+    }
     bool want_xclient = u->xclient >= 0 ? u->xclient : s->listener->xclient;
     if (st->ustate == U_EHLO && want_xclient && (st->ucaps & UC_XCLIENT)) {
         send_xclient(s);
@@ -573,6 +593,8 @@ static void parse_ehlo_line(smtp_state_t *st, const char *kw, size_t len)
             else if (strcasecmp(m, "OAUTHBEARER") == 0)
                 st->ucaps |= UC_AUTH_OAUTHBEARER;
         }
+    } else if (strcasecmp(w, "STARTTLS") == 0) {
+        st->ucaps |= UC_STARTTLS;
     } else if (strcasecmp(w, "XCLIENT") == 0) {
         st->ucaps |= UC_XCLIENT;
         for (char *a = strtok_r(NULL, " ", &save); a; a = strtok_r(NULL, " ", &save)) {
@@ -627,6 +649,14 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         after_ehlo(s);
+        return;
+    case U_STARTTLS:
+        if (code != 220) {
+            snprintf(why, sizeof why, "upstream refused STARTTLS: \"%.*s\"", (int)(len > 100 ? 100 : len), line);
+            session_upstream_failed(s, why);
+            return;
+        }
+        session_upstream_starttls(s);
         return;
     case U_XCLIENT:
         if (code != 220 && code != 250) {
@@ -705,11 +735,28 @@ static void smtp_upstream_input(session_t *s)
     }
 }
 
+static void smtp_tls_started(session_t *s)
+{
+    /* RFC 3207 §4.2: forget everything, the client starts with EHLO */
+    smtp_state_t *st = st_of(s);
+    envelope_clear(&s->env);
+    st->esmtp = false;
+    st->state = C_COMMAND;
+}
+
+static void smtp_upstream_tls_ready(session_t *s)
+{
+    smtp_state_t *st = st_of(s);
+    st->ustate = U_EHLO;
+    st->ucaps = 0;
+    send_line(s, xprintf("EHLO %s\r\n", s->cfg->server_name));
+}
+
 const proto_t proto_smtp = {
     .name = "smtp",
     .default_ports = { 25, 465, 587 },
     .default_auth = AUTH_LOGIN | AUTH_PLAIN,
-    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_NONE,
+    .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_NONE | AUTH_EXTERNAL,
     .state_size = sizeof(smtp_state_t),
     .capabilities = smtp_capabilities,
     .start = smtp_start,
@@ -720,4 +767,6 @@ const proto_t proto_smtp = {
     .on_timer = smtp_on_timer,
     .upstream_start = smtp_upstream_start,
     .upstream_input = smtp_upstream_input,
+    .tls_started = smtp_tls_started,
+    .upstream_tls_ready = smtp_upstream_tls_ready,
 };

@@ -12,11 +12,12 @@ typedef struct tls_server tls_server_t;   /* certificates etc. of a listener */
 typedef struct tls_client tls_client_t;   /* the upstream side */
 typedef struct tls_conn tls_conn_t;       /* one connection */
 
-typedef struct tls_cert_conf {
+struct tls_cert_conf {
     const char *name;        /* SNI name ("*.example.com" allowed), NULL for the default */
     const char *certificate; /* PEM, chain included */
     const char *key;
-} tls_cert_conf_t;
+};
+typedef struct tls_cert_conf tls_cert_conf_t;
 
 typedef struct tls_server_conf {
     const tls_cert_conf_t *certs;  /* certs[0] is the default */
@@ -69,7 +70,6 @@ const char *tls_error(const tls_conn_t *t);
 const char *tls_sni(const tls_conn_t *t);          /* the name the client asked for, or NULL */
 const char *tls_protocol(const tls_conn_t *t);     /* "TLSv1.2" */
 const char *tls_cipher(const tls_conn_t *t);
-bool tls_resumed(const tls_conn_t *t);
 
 /* The client's verified certificate (server side), or false. */
 bool tls_peer_cert(const tls_conn_t *t, char *subject, size_t sl, char *issuer, size_t il, char *serial, size_t srl,

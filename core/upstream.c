@@ -6,6 +6,7 @@
 
 #include "log.h"
 #include "session.h"
+#include "tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +20,20 @@ typedef struct upstream_conn {
     session_t *owner;      /* counts this handle: freed only after it closes */
     bool tcp_open;         /* tcp handle initialised (must be closed) */
     bool resolving;        /* a getaddrinfo is in flight */
+    tls_conn_t *tls;       /* TLS towards the upstream, when on */
+    bool tls_active;
+    bool starttls;         /* the handshake follows the protocol's STARTTLS */
+    char *raw;             /* one read of ciphertext */
 } upstream_conn_t;
+
+#define UPSTREAM_RAW_SIZE 16384
+
+static void conn_free(upstream_conn_t *up)
+{
+    tls_conn_free(up->tls);
+    free(up->raw);
+    free(up);
+}
 
 static void up_closed(uv_handle_t *h)
 {
@@ -27,7 +41,7 @@ static void up_closed(uv_handle_t *h)
     session_t *owner = up->owner;
     up->tcp_open = false;
     if (!up->resolving)
-        free(up);
+        conn_free(up);
     session_handle_closed(owner);
 }
 
@@ -48,8 +62,103 @@ void upstream_close(session_t *s)
         uv_close((uv_handle_t *)&up->tcp, up_closed);
     }
     else if (!up->resolving)
-        free(up);
+        conn_free(up);
     s->uin.len = 0;
+}
+
+struct tls_conn *upstream_tls(session_t *s)
+{
+    return s->up && s->up->tls_active ? s->up->tls : NULL;
+}
+
+typedef struct up_write {
+    uv_write_t req;
+    size_t len;
+    char *data;
+} up_write_t;
+
+static void up_written(uv_write_t *req, int status)
+{
+    (void)status; /* a failed write shows up as a read error on the same stream */
+    up_write_t *w = (up_write_t *)req;
+    explicit_bzero(w->data, w->len); /* login commands carry the password */
+    free(w->data);
+    free(w);
+}
+
+/* Queues bytes as they go on the wire; takes data. */
+static void write_raw(session_t *s, char *data, size_t len)
+{
+    uv_stream_t *st = upstream_stream(s);
+    if (!st || len == 0) {
+        free(data);
+        return;
+    }
+    up_write_t *w = malloc(sizeof *w);
+    w->len = len;
+    w->data = data;
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    if (uv_write(&w->req, st, &b, 1, up_written) < 0) {
+        free(data);
+        free(w);
+        session_upstream_failed(s, "write to upstream failed");
+    }
+}
+
+static void flush_tls(session_t *s)
+{
+    size_t n;
+    char *out = tls_out_take(s->up->tls, &n);
+    if (out)
+        write_raw(s, out, n);
+}
+
+void upstream_write(session_t *s, const void *data, size_t len)
+{
+    upstream_conn_t *up = s->up;
+    if (!up || !up->tcp_open || len == 0)
+        return;
+    if (up->tls && up->tls_active) {
+        if (tls_write(up->tls, data, len) < 0) {
+            session_upstream_failed(s, tls_error(up->tls));
+            return;
+        }
+        flush_tls(s);
+        return;
+    }
+    char *copy = malloc(len);
+    memcpy(copy, data, len);
+    write_raw(s, copy, len);
+}
+
+static void start_tls(session_t *s)
+{
+    upstream_conn_t *up = s->up;
+    const upstream_t *u = session_upstream(s);
+    tls_client_t *cli = config_tls_client((config_t *)s->cfg);
+    const char *sni = u->sni ? u->sni : u->host;
+    up->tls = cli ? tls_conn_client(cli, sni, u->verify) : NULL;
+    if (!up->tls) {
+        session_upstream_failed(s, "cannot set up TLS towards the upstream");
+        return;
+    }
+    tls_handshake(up->tls); /* the ClientHello */
+    flush_tls(s);
+}
+
+bool session_upstream_wants_starttls(const session_t *s)
+{
+    const upstream_t *u = session_upstream(s);
+    return u && u->tls == 2 && !(s->up && s->up->tls);
+}
+
+void session_upstream_starttls(session_t *s)
+{
+    if (s->phase != PHASE_UPSTREAM || !s->up || s->up->tls)
+        return;
+    s->uin.len = 0; /* nothing the upstream sent after its OK counts */
+    s->up->starttls = true;
+    start_tls(s);
 }
 
 static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
@@ -57,6 +166,12 @@ static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     upstream_conn_t *up = h->data;
     (void)suggested;
     session_t *s = up->s;
+    if (up->tls) {
+        if (!up->raw)
+            up->raw = malloc(UPSTREAM_RAW_SIZE);
+        *b = uv_buf_init(up->raw, up->raw ? UPSTREAM_RAW_SIZE : 0);
+        return;
+    }
     size_t want = s ? buf_room(&s->uin) : 0;
     if (want > 16384)
         want = 16384;
@@ -85,7 +200,52 @@ static void up_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         session_upstream_failed(s, why);
         return;
     }
-    s->uin.len += (size_t)nread;
+    if (!up->tls) {
+        s->uin.len += (size_t)nread;
+        s->proto->upstream_input(s);
+        return;
+    }
+    if (tls_feed(up->tls, b->base, (size_t)nread) < 0) {
+        session_upstream_failed(s, "upstream sent too much TLS data");
+        return;
+    }
+    if (!up->tls_active) {
+        int rc = tls_handshake(up->tls);
+        flush_tls(s);
+        if (rc == TLS_AGAIN)
+            return;
+        if (rc == TLS_ERROR) {
+            /* never falls back to plaintext: the next upstream, or a temporary failure */
+            char why[300];
+            snprintf(why, sizeof why, "TLS with the upstream failed: %s", tls_error(up->tls));
+            session_upstream_failed(s, why);
+            return;
+        }
+        up->tls_active = true;
+        session_log(s, LL_DEBUG, "upstream TLS: %s, %s", tls_protocol(up->tls), tls_cipher(up->tls));
+        if (up->starttls)
+            s->proto->upstream_tls_ready(s);
+        else
+            s->proto->upstream_start(s);
+        if (s->phase != PHASE_UPSTREAM || s->up != up)
+            return;
+    }
+    for (;;) {
+        size_t want = buf_room(&s->uin) < 16384 ? buf_room(&s->uin) : 16384;
+        if (want == 0 || buf_reserve(&s->uin, want) < 0) {
+            session_upstream_failed(s, "upstream sent a too long response during login");
+            return;
+        }
+        int n = tls_read(up->tls, s->uin.data + s->uin.len, want);
+        if (n > 0) {
+            s->uin.len += (size_t)n;
+            continue;
+        }
+        if (n == TLS_AGAIN)
+            break;
+        session_upstream_failed(s, n == TLS_EOF ? "upstream closed the connection during login" : tls_error(up->tls));
+        return;
+    }
     s->proto->upstream_input(s);
 }
 
@@ -110,6 +270,10 @@ static void up_connected(uv_connect_t *req, int status)
     }
     /* The login gets the pre-auth `timeout`, as in nginx. */
     session_set_timeout(s, s->cfg->timeout);
+    if (session_upstream(s)->tls == 1) { /* implicit TLS: the protocol starts after the handshake */
+        start_tls(s);
+        return;
+    }
     s->proto->upstream_start(s);
 }
 
@@ -137,7 +301,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     session_t *s = up->s;
     if (!s) {
         if (!up->tcp_open)
-            free(up);
+            conn_free(up);
         uv_freeaddrinfo(res);
         return;
     }

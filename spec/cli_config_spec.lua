@@ -123,6 +123,7 @@ describe("postern command line", function()
     end)
 
     it("checks the repository's own proxy.conf.lua", function()
+      os.execute(testing.root .. "/scripts/demo-cert >/dev/null") -- its demo certificate
       local ok, out = testing.check_config(testing.root .. "/proxy.conf.lua")
       assert.is_true(ok, out)
     end)
