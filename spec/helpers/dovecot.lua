@@ -184,7 +184,15 @@ local function conf_text(o)
   add("debug_log_path = " .. o.dir .. "/dovecot.log")
   add("protocols = " .. (o.pop3_port and "imap pop3" or "imap"))
   add("listen = 127.0.0.1")
-  add("ssl = no")
+  if o.ssl then
+    -- ssl = yes: STARTTLS/STLS on the plain ports, and imaps/pop3s below
+    add("ssl = yes")
+    add("ssl_cert = <" .. o.ssl.cert)
+    add("ssl_key = <" .. o.ssl.key)
+    add("ssl_min_protocol = TLSv1.2")
+  else
+    add("ssl = no")
+  end
   add("disable_plaintext_auth = no")
   add("auth_mechanisms = plain login")
   add("default_internal_user = dovecot")
@@ -216,7 +224,13 @@ local function conf_text(o)
   add("    port = " .. o.imap_port)
   add("  }")
   add("  inet_listener imaps {")
-  add("    port = 0")
+  if o.imaps_port then
+    add("    address = 127.0.0.1")
+    add("    port = " .. o.imaps_port)
+    add("    ssl = yes")
+  else
+    add("    port = 0")
+  end
   add("  }")
   add("}")
   add("service pop3-login {")
@@ -225,7 +239,13 @@ local function conf_text(o)
   add("    port = " .. (o.pop3_port or 0))
   add("  }")
   add("  inet_listener pop3s {")
-  add("    port = 0")
+  if o.pop3s_port then
+    add("    address = 127.0.0.1")
+    add("    port = " .. o.pop3s_port)
+    add("    ssl = yes")
+  else
+    add("    port = 0")
+  end
   add("  }")
   add("}")
   add("service anvil {")
@@ -280,6 +300,7 @@ end
 --   pop3  = true                         also listen for POP3
 --   debug = true                         auth_debug/mail_debug in the log
 --   auth_failure_delay = "2 secs"        default 0 (fast failing specs)
+--   ssl   = { cert = PEM, key = KEY }   TLS: STARTTLS/STLS, imaps, pop3s
 --   keep  = true                         don't remove dir on stop
 function _M.start(opts)
   opts = opts or {}
@@ -321,10 +342,18 @@ function _M.start(opts)
     must("chown -R " .. MAIL_USER .. ":" .. MAIL_GROUP .. " " .. sh_quote(dir .. "/home"))
 
     d.imap_port = free_port()
-    if opts.pop3 then
-      repeat
-        d.pop3_port = free_port()
-      until d.pop3_port ~= d.imap_port
+    local taken = { [d.imap_port] = true }
+    local function another()
+      local port
+      repeat port = free_port() until not taken[port]
+      taken[port] = true
+      return port
+    end
+    if opts.pop3 then d.pop3_port = another() end
+    if opts.ssl then
+      assert(opts.ssl.cert and opts.ssl.key, "helpers.dovecot: ssl = { cert = ..., key = ... }")
+      d.imaps_port = another()
+      if opts.pop3 then d.pop3s_port = another() end
     end
 
     local conf = dir .. "/dovecot.conf"
@@ -333,6 +362,9 @@ function _M.start(opts)
       instance = "postern-test-" .. dir:match("([^.]+)$"),
       imap_port = d.imap_port,
       pop3_port = d.pop3_port,
+      imaps_port = d.imaps_port,
+      pop3s_port = d.pop3s_port,
+      ssl = opts.ssl,
       debug = opts.debug,
       auth_failure_delay = opts.auth_failure_delay,
     })

@@ -21,6 +21,8 @@ Listens on 127.0.0.1 (--port, 0 = any free port) and, per connection:
 Record file (one line each, flushed): "READY <port>" first, then
   CONNECT <id>
   <id> PLAIN <line>              a line received in plaintext (before TLS)
+  <id> FIRST <hex>               the first bytes where the handshake should start
+                                 ("16 03 01" for a ClientHello)
   <id> TLS <version> <cipher> sni=<name or ->
   <id> TLSFAIL <reason>
   <id> CLOSE
@@ -158,6 +160,9 @@ def serve(raw, cid, ctx, args):
         if args.mode == "starttls":
             if not prelude(raw, cid, args):
                 return
+        # what the client sends first where TLS should begin (a ClientHello: 16 03 ..)
+        first = raw.recv(3, socket.MSG_PEEK)
+        record("%d FIRST %s" % (cid, first.hex(" ") if first else "EOF"))
         try:
             conn = ctx.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError) as e:
