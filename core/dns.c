@@ -61,25 +61,28 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     } else {
         lua_newtable(L);
         int i = 0;
-        for (struct addrinfo *a = res; a; a = a->ai_next) {
-            char ip[INET6_ADDRSTRLEN];
-            if (a->ai_family == AF_INET)
-                uv_ip4_name((struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
-            else if (a->ai_family == AF_INET6)
-                uv_ip6_name((struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
-            else
-                continue;
-            int dup = 0; /* one entry per address, not per socket type */
-            for (int k = 1; k <= i && !dup; k++) {
-                lua_rawgeti(L, -1, k);
-                dup = strcmp(lua_tostring(L, -1), ip) == 0;
-                lua_pop(L, 1);
+        /* IPv4 first, then IPv6, whatever the resolver's order: the same
+         * answer on every machine ("localhost" is 127.0.0.1, not ::1) */
+        for (int pass = 0; pass < 2; pass++)
+            for (struct addrinfo *a = res; a; a = a->ai_next) {
+                char ip[INET6_ADDRSTRLEN];
+                if (a->ai_family == AF_INET && pass == 0)
+                    uv_ip4_name((struct sockaddr_in *)a->ai_addr, ip, sizeof ip);
+                else if (a->ai_family == AF_INET6 && pass == 1)
+                    uv_ip6_name((struct sockaddr_in6 *)a->ai_addr, ip, sizeof ip);
+                else
+                    continue;
+                int dup = 0; /* one entry per address, not per socket type */
+                for (int k = 1; k <= i && !dup; k++) {
+                    lua_rawgeti(L, -1, k);
+                    dup = strcmp(lua_tostring(L, -1), ip) == 0;
+                    lua_pop(L, 1);
+                }
+                if (!dup) {
+                    lua_pushstring(L, ip);
+                    lua_rawseti(L, -2, ++i);
+                }
             }
-            if (!dup) {
-                lua_pushstring(L, ip);
-                lua_rawseti(L, -2, ++i);
-            }
-        }
         n = 1;
     }
     uv_freeaddrinfo(res);

@@ -312,7 +312,14 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         session_upstream_failed(s, why);
         return;
     }
-    connect_addr(s, res->ai_addr);
+    /* IPv4 first, as postern.dns.resolve answers */
+    struct addrinfo *pick = res;
+    for (struct addrinfo *a = res; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    connect_addr(s, pick->ai_addr);
     uv_freeaddrinfo(res);
 }
 
