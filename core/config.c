@@ -465,8 +465,11 @@ static int read_tls(check_t *c, config_t *cfg)
         char *p = config_path(cfg, cfg->tls_upstream_ca);
         free(cfg->tls_upstream_ca);
         cfg->tls_upstream_ca = p;
-        if (access(p, R_OK) != 0)
-            return fail(c, "tls.upstream_ca", "cannot read \"%s\"", p);
+        /* parsed now, so postern -t finds a bad file */
+        char err[600];
+        cfg->tls_client = tls_client_new(p, err, sizeof err);
+        if (!cfg->tls_client)
+            return fail(c, "tls.upstream_ca", "%s", err);
     }
     return 0;
 }

@@ -605,6 +605,9 @@ static void upstream_line(session_t *s, const char *line, size_t len)
                 st->ustate = U_CAPABILITY;
                 session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
             }
+        } else if (starts(line, len, "* PREAUTH") && session_upstream_wants_starttls(s)) {
+            /* logged in before TLS: relaying would be plaintext (STARTTLS stripping) */
+            session_upstream_failed(s, "upstream greeted with PREAUTH but STARTTLS is required");
         } else if (starts(line, len, "* PREAUTH")) {
             /* Already logged in: pass its capabilities on, if it gave any. */
             const char *caps = find_caps(line, len);

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #define TLS_IN_MAX (64 * 1024)        /* ciphertext buffered before mbedTLS reads it */
 #define TLS_OUT_MAX (8 * 1024 * 1024) /* ciphertext not yet handed to the socket */
@@ -125,11 +126,24 @@ static int on_sni(void *p, mbedtls_ssl_context *ssl, const unsigned char *name, 
     return 0; /* the default certificate */
 }
 
+/* mbedTLS reads a directory as a file of LONG_MAX bytes: check first */
+static int regular_file(const char *path, const char *what, char *err, size_t errlen)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s %s: not a readable regular file", what, path);
+        return 0;
+    }
+    return 1;
+}
+
 static int load_cert(tls_cert_t *c, const tls_cert_conf_t *cc, char *err, size_t errlen)
 {
     mbedtls_x509_crt_init(&c->crt);
     mbedtls_pk_init(&c->key);
     c->name = cc->name ? strdup(cc->name) : NULL;
+    if (!regular_file(cc->certificate, "certificate", err, errlen) || !regular_file(cc->key, "key", err, errlen))
+        return -1;
     int rc = mbedtls_x509_crt_parse_file(&c->crt, cc->certificate);
     if (rc != 0) {
         char what[600];
@@ -219,6 +233,8 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
         mbedtls_ssl_conf_session_tickets_cb(&s->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
                                             &s->ticket);
     if (c->verify_client) {
+        if (c->client_ca && !regular_file(c->client_ca, "client_ca", err, errlen))
+            goto bad;
         int rc = c->client_ca ? mbedtls_x509_crt_parse_file(&s->ca, c->client_ca) : -1;
         if (rc < 0) {
             snprintf(err, errlen, "client certificates need a readable CA file (client_ca)");
@@ -273,6 +289,10 @@ tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
     mbedtls_ssl_config_init(&c->verify);
     mbedtls_ssl_config_init(&c->noverify);
     const char *ca = ca_file ? ca_file : SYSTEM_CA;
+    if (!regular_file(ca, "CA file", err, errlen)) {
+        tls_client_free(c);
+        return NULL;
+    }
     int rc = mbedtls_x509_crt_parse_file(&c->ca, ca);
     if (rc < 0) {
         char what[600];

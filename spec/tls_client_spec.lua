@@ -13,6 +13,21 @@ local tls = require "helpers.tls"
 local scene = require "helpers.scene"
 local mime = require "mime"
 
+
+-- busted keeps a single `finally` per test: `local finally = collect(finally)` at
+-- the top of a test makes every later finally(fn) add to one list, run last-in first-out
+local function collect(real_finally)
+  local list = {}
+  real_finally(function()
+    local first
+    for i = #list, 1, -1 do
+      local ok, err = pcall(list[i])
+      if not ok and not first then first = err end
+    end
+    if first then error(first, 0) end
+  end)
+  return function(fn) list[#list + 1] = fn end
+end
 local HELPERS = testing.root .. "/spec/helpers"
 
 -- the listeners of the shared proxy, by name (the name is not a config key)
@@ -78,6 +93,7 @@ local function no_policy_call(u)
 end
 
 local function b64(s) return (mime.b64(s)) end
+local b64_ext = b64
 
 local clients = {}
 local function track(c) clients[#clients + 1] = c; return c end
@@ -462,6 +478,13 @@ describe("TLS towards clients #tls", function()
       assert.is_nil(imap_caps(c, "a0").STARTTLS)
       assert.matches("^a1 BAD", (c:command("a1", "STARTTLS")))
       assert.matches("^a2 OK", (c:command("a2", "NOOP")))
+      local u = uniq("imap-plain")
+      assert.matches("^a3 OK ", (c:command("a3", "LOGIN " .. u .. " secret")))
+      local line = policy_line(u)
+      assert.equal("false", field(line, "tls"))
+      assert.equal("-", field(line, "sni"))
+      assert.equal("-", field(line, "protocol"))
+      assert.equal("-", field(line, "cert"))
     end)
   end)
 
@@ -473,8 +496,13 @@ describe("TLS towards clients #tls", function()
       assert.truthy(before.STLS)
       assert.truthy(before.USER)
       assert.truthy(before.SASL)
+      -- a USER given before STLS is forgotten: after TLS a PASS alone is refused
+      local early = uniq("pop3-early")
+      assert.matches("^%+OK", c:pop3("USER " .. early))
       assert.equal("+OK Begin TLS negotiation", c:pop3("STLS"))
       starttls(c)
+      assert.matches("^%-ERR", c:pop3("PASS secret"))
+      assert.is_true(no_policy_call(early), "the USER from before STLS was used")
       local after = capa(c)
       assert.is_nil(after.STLS, "STLS still offered over TLS")
       assert.truthy(after.USER)
@@ -629,6 +657,26 @@ describe("TLS towards clients #tls", function()
         assert.matches("^e OK ", (c:command("e", "LOGIN " .. uniq("inject-imap-real") .. " secret")))
       end)
     end
+
+    it("IMAP: a LOGIN sent in a second packet before the handshake is not executed either", function()
+      local c = plain("imap_on")
+      c:line()
+      local u = uniq("inject-late")
+      c:send("a STARTTLS\r\n")
+      testing.sleep(0.05)
+      c:send("b LOGIN " .. u .. " secret\r\n")
+      assert.equal("a OK Begin TLS negotiation now", c:line())
+      -- either postern had both packets at once (the LOGIN is dropped, the handshake works)
+      -- or it reads the LOGIN as the start of a handshake (which then fails); never executed
+      local ok = tls.try_starttls(c, { cafile = C.ca, sni = "mail.test" })
+      if ok then
+        dropped_line(c, #("b LOGIN " .. u .. " secret\r\n"))
+        assert.equal("c OK NOOP completed", (c:command("c", "NOOP")))
+      else
+        p:wait_log("TLS handshake.*client: 127%.0%.0%.1:" .. client_port(c) .. ",")
+      end
+      assert.is_true(no_policy_call(u), "the LOGIN sent before the handshake reached the policy")
+    end)
 
     for _, name in ipairs { "pop3_on", "pop3_only" } do
       it("POP3 (" .. name .. "): 'STLS\\r\\nUSER x\\r\\nPASS y\\r\\n' in one packet", function()
@@ -860,6 +908,7 @@ describe("TLS towards clients #tls", function()
     end)
 
     it("openssl s_client -cert: the certificate is reported on a full and on a resumed handshake", function()
+      local finally = collect(finally)
       local dir = (io.popen("mktemp -d /tmp/postern-sess.XXXXXX"):read("*l"))
       finally(function() os.execute("rm -rf " .. shell.quote(dir)) end)
       local function run(u, sess_flag)
@@ -1065,6 +1114,7 @@ describe("TLS towards clients #tls", function()
     end)
 
     it("curl smtp:// --ssl-reqd and smtps:// send a message", function()
+      local finally = collect(finally)
       local dir = (io.popen("mktemp -d /tmp/postern-curl.XXXXXX"):read("*l"))
       finally(function() os.execute("rm -rf " .. shell.quote(dir)) end)
       for _, case in ipairs {
@@ -1116,6 +1166,7 @@ end)
 describe("TLS handshake timeout #tls", function()
   it("a client that never completes the handshake is closed after `timeout`, logged at info; stop() is clean",
     function()
+      local finally = collect(finally)
       local C2 = certs_helper.get()
       local m = testing.mock_imap { name = "b" }
       finally(function() m:stop() end)
@@ -1155,10 +1206,107 @@ describe("TLS handshake timeout #tls", function()
     end)
 end)
 
+-- ---- fragmentation and upload backpressure ---------------------------------------------
+
+describe("TLS records split at every byte, and uploads over TLS #tls", function()
+  it("a client whose bytes arrive one by one: handshake, STARTTLS, login and commands all work", function()
+    local finally = collect(finally)
+    local C10 = certs_helper.get()
+    local m = testing.mock_imap { name = "b" }
+    finally(function() m:stop() end)
+    local px = testing.start {
+      policy_source = scene.policy_source { ["*"] = scene.route(m) },
+      config = { tls = { certificate = C10.server, key = C10.server_key },
+        listen = { { protocol = "imap", tls = true }, { protocol = "imap", starttls = "on" },
+          { protocol = "smtp", starttls = "on" } } },
+    }
+    finally(function() px:stop() end)
+    for i, chunk in ipairs { 1 } do
+      local d1 = tls.drip { target = px.ports[1], chunk = chunk, delay = 0.0003 }
+      finally(function() d1:stop() end)
+      local c = tls.client { port = d1.port, cafile = C10.ca, sni = "mail.test", timeout = 15 }
+      finally(function() c:close() end)
+      assert.matches("^%* OK", c:line())
+      assert.matches("^a1 OK", (c:command("a1", "LOGIN drip" .. i .. " secret")))
+      assert.matches("^a2 OK", (c:command("a2", "NOOP")))
+      c:send("a3 XSINK {500+}\r\n" .. string.rep("q", 500) .. "\r\n")
+      assert.equal("a3 OK received 500", c:line(15))
+      c:close()
+
+      local d2 = tls.drip { target = px.ports[2], chunk = chunk, delay = 0.0003 }
+      finally(function() d2:stop() end)
+      local s = testing.client { port = d2.port, timeout = 15 }
+      finally(function() s:close() end)
+      s:line()
+      assert.equal("a OK Begin TLS negotiation now", (s:command("a", "STARTTLS")))
+      tls.starttls(s, { cafile = C10.ca, sni = "mail.test" })
+      assert.matches("^b OK", (s:command("b", "LOGIN dripst" .. i .. " secret")))
+      s:close()
+
+      local d3 = tls.drip { target = px.ports[3], chunk = chunk, delay = 0.0003 }
+      finally(function() d3:stop() end)
+      local sm3 = testing.client { port = d3.port, timeout = 15 }
+      finally(function() sm3:close() end)
+      assert.equal(220, (sm3:smtp()))
+      assert.equal(250, (sm3:smtp("EHLO drip.test")))
+      assert.equal(220, (sm3:smtp("STARTTLS")))
+      tls.starttls(sm3, { cafile = C10.ca, sni = "mail.test" })
+      assert.equal(250, (sm3:smtp("EHLO drip.test")))
+      assert.equal(221, (sm3:smtp("QUIT")))
+    end
+    assert.is_true(px:alive())
+  end)
+
+  it("a TLS client uploading to an upstream that does not read does not make postern's memory grow", function()
+    local finally = collect(finally)
+    local C11 = certs_helper.get()
+    local sc = scene.new(finally)
+    local raw = sc:raw_upstream()
+    local px = testing.start {
+      policy_source = scene.policy_source { ["*"] = scene.route(raw.port) },
+      config = { tls = { certificate = C11.server, key = C11.server_key },
+        listen = { { protocol = "imap", tls = true } } },
+    }
+    sc.stops[#sc.stops + 1] = function() px:stop() end
+    local c = tls.client { port = px.port, cafile = C11.ca, sni = "mail.test" }
+    sc.stops[#sc.stops + 1] = function() c:close() end
+    c:line()
+    c:send("a1 LOGIN alice secret\r\n")
+    raw:accept()
+    raw:send("* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN SASL-IR] raw\r\n")
+    local login = raw:line()
+    local tag = login:match("^(%S+) ")
+    raw:send(tag .. " OK logged in\r\n")
+    assert.matches("^a1 OK", c:line(10))
+    -- the upstream reads nothing from now on; the client pushes 20 MB
+    local rss0 = assert(scene.rss_kib(px.pid))
+    local chunk = string.rep("u", 65536)
+    local sent, peak = 0, rss0
+    local s = c.sock
+    local t_end = testing.now() + 3
+    while testing.now() < t_end and sent < 20 * 1024 * 1024 do
+      s:settimeout(0.05)
+      local last, _, partial = s:send(chunk)
+      sent = sent + (last or partial or 0)
+      peak = math.max(peak, scene.rss_kib(px.pid) or error("postern is gone; log:\n" .. px:log()))
+    end
+    testing.sleep(0.5)
+    peak = math.max(peak, scene.rss_kib(px.pid) or error("postern is gone"))
+    assert.is_true(sent < 20 * 1024 * 1024, "all 20 MB went through an upstream that reads nothing")
+    assert.is_true(peak - rss0 < 10 * 1024,
+      ("postern's resident memory grew by %d KiB while the upstream did not read"):format(peak - rss0))
+    -- and postern still serves others
+    local o = tls.client { port = px.port, cafile = C11.ca, sni = "mail.test" }
+    sc.stops[#sc.stops + 1] = function() o:close() end
+    assert.matches("^%* OK", o:line())
+  end)
+end)
+
 -- ---- reload, on_connect, renegotiation -------------------------------------------------
 
 describe("TLS with reload and hooks #tls", function()
   it("HUP with a new default certificate: new sessions get it, sessions already running keep working", function()
+    local finally = collect(finally)
     local C5 = certs_helper.get()
     local m = testing.mock_imap { name = "b" }
     finally(function() m:stop() end)
@@ -1221,6 +1369,7 @@ describe("TLS with reload and hooks #tls", function()
   end)
 
   it("on_connect sees s.tls and s.sni on a TLS port, and can refuse or splice over TLS", function()
+    local finally = collect(finally)
     local C6 = certs_helper.get()
     local m = testing.mock_imap { name = "spliced" }
     finally(function() m:stop() end)
@@ -1256,6 +1405,7 @@ describe("TLS with reload and hooks #tls", function()
   end)
 
   it("a client asking for renegotiation does not break the session or postern", function()
+    local finally = collect(finally)
     local C7 = certs_helper.get()
     local m = testing.mock_imap { name = "b" }
     finally(function() m:stop() end)
@@ -1283,6 +1433,7 @@ describe("TLS with reload and hooks #tls", function()
   end)
 
   it("a client that rejects postern's certificate (fatal alert) is logged at info", function()
+    local finally = collect(finally)
     local C8 = certs_helper.get()
     local px = testing.start {
       policy_source = "return { authenticate = function() return nil, 'no' end }",
@@ -1302,10 +1453,139 @@ describe("TLS with reload and hooks #tls", function()
   end)
 end)
 
+-- ---- SASL EXTERNAL -----------------------------------------------------------------
+
+describe("SASL EXTERNAL with client certificates #tls", function()
+  local C9, m, pm9, sm9, px
+  setup(function()
+    C9 = certs_helper.get()
+    m = testing.mock_imap { name = "ext-imap" }
+    pm9 = testing.mock_pop3 { name = "ext-pop" }
+    sm9 = testing.mock_smtp { name = "ext-mx" }
+    local cc = { verify_client = "optional", client_ca = C9.ca }
+    local function l(t) for k, v in pairs(cc) do t[k] = v end return t end
+    px = testing.start {
+      policy_source = ([[
+        local postern = require "postern"
+        local ports = { imap = %d, pop3 = %d, smtp = %d }
+        return { authenticate = function(s)
+          local cc = s.client_cert
+          postern.log("info", "policy: |mech=", tostring(s.mechanism), "|user=", tostring(s.user),
+            "|authzid=", tostring(s.authzid), "|cert=", tostring(cc and cc.subject), "|")
+          if s.mechanism == "external" then
+            -- the certificate is the credential; the upstream gets a login of the policy's choice
+            return { host = "127.0.0.1", port = ports[s.protocol], user = s.user, password = "upstream-pw" }
+          end
+          return { host = "127.0.0.1", port = ports[s.protocol] }
+        end }
+      ]]):format(m.port, pm9.port, sm9.port),
+      config = { tls = { certificate = C9.server, key = C9.server_key }, listen = {
+        l { protocol = "imap", tls = true, auth = { "plain", "external" } },
+        l { protocol = "imap", starttls = "on", auth = { "plain", "external" } },
+        l { protocol = "pop3", tls = true, auth = { "user", "external" } },
+        l { protocol = "smtp", tls = true, auth = { "plain", "external" } },
+      } },
+    }
+  end)
+  teardown(function()
+    if px then px:stop() end
+    if m then m:stop() end
+    if pm9 then pm9:stop() end
+    if sm9 then sm9:stop() end
+  end)
+
+  local function with_cert(i)
+    return tls.client { port = px.ports[i], cafile = C9.ca, sni = "mail.test",
+      certificate = C9.client, key = C9.client_key }
+  end
+
+  it("IMAP: AUTH=EXTERNAL is offered; the certificate's CN is s.user and the upstream gets the policy's login",
+    function()
+      local finally = collect(finally)
+      local c = with_cert(1)
+      finally(function() c:close() end)
+      assert.matches("AUTH=EXTERNAL", c:line())
+      assert.matches("^a1 OK ", (c:command("a1", "AUTHENTICATE EXTERNAL =")))
+      local line = px:wait_log("policy: |mech=external|user=client1|")
+      assert.matches("|authzid=nil|", line, 1, true)
+      assert.matches("CN=client1", line)
+      m:wait_for("^AUTH client1 upstream%-pw ")
+    end)
+
+  it("IMAP: EXTERNAL without a verified certificate is refused and the policy is not asked", function()
+    local finally = collect(finally)
+    local c = tls.client { port = px.ports[1], cafile = C9.ca, sni = "mail.test" }
+    finally(function() c:close() end)
+    c:line()
+    local before = select(2, px:log():gsub("mech=external", ""))
+    assert.matches("^a1 NO %[AUTHENTICATIONFAILED%]", (c:command("a1", "AUTHENTICATE EXTERNAL =")))
+    assert.equal(before, select(2, px:log():gsub("mech=external", "")))
+    assert.matches("^a2 OK", (c:command("a2", "NOOP")))
+  end)
+
+  it("IMAP STARTTLS: EXTERNAL is offered only after TLS, and then works with the certificate", function()
+    local finally = collect(finally)
+    local c = testing.client { port = px.ports[2] }
+    finally(function() c:close() end)
+    local g = c:line()
+    assert.is_nil(g:find("AUTH=EXTERNAL", 1, true), "EXTERNAL offered before TLS: " .. g)
+    assert.matches("^a1 NO", (c:command("a1", "AUTHENTICATE EXTERNAL =")))
+    assert.equal("a2 OK Begin TLS negotiation now", (c:command("a2", "STARTTLS")))
+    tls.starttls(c, { cafile = C9.ca, sni = "mail.test", certificate = C9.client, key = C9.client_key })
+    local _, untagged = c:command("a3", "CAPABILITY")
+    assert.matches("AUTH=EXTERNAL", untagged[1])
+    -- no initial response: the server asks with "+ ", the client answers "=" (empty)
+    c:send("a4 AUTHENTICATE EXTERNAL\r\n")
+    assert.matches("^%+", c:line())
+    c:send("=\r\n")
+    assert.matches("^a4 OK ", c:line(10))
+  end)
+
+  it("an authorization identity in EXTERNAL is passed as s.authzid, next to the certificate that was verified",
+    function()
+      local finally = collect(finally)
+      local c = with_cert(1)
+      finally(function() c:close() end)
+      c:line()
+      c:command("a1", "AUTHENTICATE EXTERNAL " .. b64_ext("shared-mailbox"))
+      local line = px:wait_log("policy: |mech=external|user=[^|]*|authzid=shared%-mailbox|")
+      assert.matches("CN=client1", line)
+    end)
+
+  it("POP3 and SMTP: AUTH EXTERNAL", function()
+    local finally = collect(finally)
+    local c = with_cert(3)
+    finally(function() c:close() end)
+    assert.matches("^%+OK", c:pop3())
+    assert.matches("^%+OK", c:pop3("AUTH EXTERNAL ="))
+    pm9:wait_for("^AUTH client1 upstream%-pw ")
+    local s = with_cert(4)
+    finally(function() s:close() end)
+    assert.equal(220, (s:smtp()))
+    local _, kw = s:smtp("EHLO client.test")
+    assert.matches("EXTERNAL", table.concat(kw, "\n"))
+    local code, _, last = s:smtp("AUTH EXTERNAL =", 10)
+    assert.equal(235, code, last)
+    sm9:wait_for("^AUTH client1 upstream%-pw ")
+  end)
+
+  it("postern -t: \"external\" needs verify_client", function()
+    local ok, out = testing.check_config {
+      policy = px.dir .. "/policy.lua",
+      tls = { certificate = C9.server, key = C9.server_key },
+      listen = { { address = "127.0.0.1:" .. testing.free_port(), protocol = "imap", tls = true,
+        auth = { "plain", "external" } } },
+    }
+    assert.is_false(ok, out)
+    assert.matches("external", out)
+  end)
+end)
+
 -- ---- protocols and ciphers -----------------------------------------------------------
 
 describe("TLS protocols and ciphers #tls", function()
   it("`ciphers` limits the suites offered, and s.tls_cipher names the one in use", function()
+    local finally = collect(finally)
     local C4 = certs_helper.get()
     local m = testing.mock_imap { name = "b" }
     finally(function() m:stop() end)
@@ -1430,6 +1710,20 @@ describe("postern -t and TLS files #tls", function()
       upstream_ca = dir .. "/nope-ca.pem" }))
     assert.is_false(ok, out)
     assert.matches("tls%.upstream_ca", out)
+  end)
+
+  it("a client_ca or an upstream_ca that is a directory is reported, without a crash", function()
+    local ok, out = testing.check_config(conf({ certificate = C3.server, key = C3.server_key },
+      { address = "127.0.0.1:" .. testing.free_port(), protocol = "imap", tls = true, verify_client = "on",
+        client_ca = dir .. "/a-directory.pem" }))
+    assert.is_false(ok, out)
+    assert.matches("a%-directory%.pem", out)
+    assert.is_nil(out:find("Sanitizer", 1, true), out)
+    ok, out = testing.check_config(conf({ certificate = C3.server, key = C3.server_key,
+      upstream_ca = dir .. "/a-directory.pem" }))
+    assert.is_false(ok, out)
+    assert.matches("upstream_ca", out)
+    assert.is_nil(out:find("Sanitizer", 1, true), out)
   end)
 
   it("an upstream_ca that is not a PEM CA file is reported (not only at the first TLS upstream)", function()

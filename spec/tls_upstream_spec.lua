@@ -14,6 +14,21 @@ local scene = require "helpers.scene"
 local dovecot = require "helpers.dovecot"
 local mime = require "mime"
 
+
+-- busted keeps a single `finally` per test: `local finally = collect(finally)` at
+-- the top of a test makes every later finally(fn) add to one list, run last-in first-out
+local function collect(real_finally)
+  local list = {}
+  real_finally(function()
+    local first
+    for i = #list, 1, -1 do
+      local ok, err = pcall(list[i])
+      if not ok and not first then first = err end
+    end
+    if first then error(first, 0) end
+  end)
+  return function(fn) list[#list + 1] = fn end
+end
 local HELPERS = testing.root .. "/spec/helpers"
 
 local function b64(s) return (mime.b64(s)) end
@@ -429,6 +444,7 @@ describe("TLS towards upstreams #tls", function()
 
     -- raw upstreams scripted from the test
     it("IMAP STARTTLS: a PREAUTH greeting is refused (STARTTLS stripping); nothing is sent to it", function()
+      local finally = collect(finally)
       local sc = scene.new(finally)
       local raw = sc:raw_upstream()
       local px = testing.start {
@@ -453,6 +469,7 @@ describe("TLS towards upstreams #tls", function()
     end)
 
     it("IMAP tls = \"on\": an upstream that answers in plaintext gets nothing but a ClientHello", function()
+      local finally = collect(finally)
       local sc = scene.new(finally)
       local raw = sc:raw_upstream()
       local px = testing.start {
@@ -480,6 +497,7 @@ describe("TLS towards upstreams #tls", function()
     end)
 
     it("IMAP STARTTLS: after the upstream's OK, the next bytes are a ClientHello, never the LOGIN", function()
+      local finally = collect(finally)
       local sc = scene.new(finally)
       local raw = sc:raw_upstream()
       local px = testing.start {
@@ -508,6 +526,7 @@ describe("TLS towards upstreams #tls", function()
     end)
 
     it("an upstream that never answers the ClientHello: a temporary failure after `timeout`", function()
+      local finally = collect(finally)
       local sc = scene.new(finally)
       local raw = sc:raw_upstream()
       local px = testing.start {
@@ -561,6 +580,7 @@ describe("TLS towards upstreams #tls", function()
 
   describe("the CA", function()
     it("without upstream_ca the system bundle is used: the test CA is not trusted", function()
+      local finally = collect(finally)
       local px = testing.start {
         policy_source = policy_source { x = { host = "127.0.0.1", port = F.imap_on.port, tls = "on",
           sni = "mail.test" } },
@@ -575,6 +595,7 @@ describe("TLS towards upstreams #tls", function()
     end)
 
     it("without any tls section, a TLS upstream still verifies against the system bundle", function()
+      local finally = collect(finally)
       local px = testing.start {
         policy_source = policy_source { x = { host = "127.0.0.1", port = F.imap_on.port, tls = "on",
           sni = "mail.test" }, y = { host = "127.0.0.1", port = F.untrusted.port, tls = "on", verify = false } },

@@ -18,7 +18,10 @@
 --                         mode = "implicit" | "starttls", proto = "imap" | "pop3" | "smtp",
 --                         no_starttls = true, inject = true }
 --   f.port, f:lines(), f:wait_for(pattern, timeout), f:stop()
---   records: see tls_front.py ("CONNECT n", "n PLAIN line", "n TLS ...", "n TLSFAIL ...", "n CLOSE")
+--   records: see tls_front.py ("CONNECT n", "n PLAIN line", "n FIRST hex", "n TLS ...", "n TLSFAIL ...", "n CLOSE")
+--
+--   local d = tls.drip { target = p.port, chunk = 1, delay = 0.001 }   -- d.port, d:stop()
+--   a relay that splits what the client sends into tiny writes (spec/helpers/drip.py)
 local testing = require "postern.testing"
 local socket = require "socket"
 local ssl = require "ssl"
@@ -138,15 +141,7 @@ end
 local Front = {}
 Front.__index = Front
 
-function _M.front(opts)
-  assert(opts.target and opts.cert and opts.key, "tls.front: target, cert and key are required")
-  local dir = (io.popen("mktemp -d /tmp/postern-front.XXXXXX"):read("*l"))
-  local f = setmetatable({ dir = dir, record_path = dir .. "/record", log_path = dir .. "/front.log" }, Front)
-  local argv = { "python3", testing.root .. "/spec/helpers/tls_front.py",
-    "--target", tostring(opts.target), "--cert", opts.cert, "--key", opts.key,
-    "--record", f.record_path, "--mode", opts.mode or "implicit", "--proto", opts.proto or "imap" }
-  if opts.no_starttls then argv[#argv + 1] = "--no-starttls" end
-  if opts.inject then argv[#argv + 1] = "--inject" end
+local function spawn(f, argv, what)
   local q = {}
   for i, a in ipairs(argv) do q[i] = sh_quote(a) end
   local p = io.popen(("exec %s >%s 2>&1 </dev/null & echo $!"):format(table.concat(q, " "), sh_quote(f.log_path)))
@@ -164,7 +159,36 @@ function _M.front(opts)
   end
   local log = read_file(f.log_path) or ""
   f:stop()
-  error("tls_front did not start; log:\n" .. log, 2)
+  error(what .. " did not start; log:\n" .. log, 3)
+end
+
+local function new_front()
+  local dir = (io.popen("mktemp -d /tmp/postern-front.XXXXXX"):read("*l"))
+  local f = setmetatable({ dir = dir, record_path = dir .. "/record", log_path = dir .. "/front.log" }, Front)
+  -- a front that is garbage-collected (or alive when busted closes its Lua state) is stopped
+  local guard = newproxy(true)
+  getmetatable(guard).__gc = function() f:stop() end
+  f._guard = guard
+  return f
+end
+
+function _M.front(opts)
+  assert(opts.target and opts.cert and opts.key, "tls.front: target, cert and key are required")
+  local f = new_front()
+  local argv = { "python3", testing.root .. "/spec/helpers/tls_front.py",
+    "--target", tostring(opts.target), "--cert", opts.cert, "--key", opts.key,
+    "--record", f.record_path, "--mode", opts.mode or "implicit", "--proto", opts.proto or "imap" }
+  if opts.no_starttls then argv[#argv + 1] = "--no-starttls" end
+  if opts.inject then argv[#argv + 1] = "--inject" end
+  return spawn(f, argv, "tls_front")
+end
+
+-- a relay to 127.0.0.1:target that splits what the client sends into `chunk`-byte
+-- writes `delay` seconds apart (spec/helpers/drip.py): f.port, f:stop()
+function _M.drip(opts)
+  local f = new_front()
+  return spawn(f, { "python3", testing.root .. "/spec/helpers/drip.py", tostring(opts.target), f.record_path,
+    tostring(opts.chunk or 1), tostring(opts.delay or 0.001) }, "drip")
 end
 
 function Front:lines()
