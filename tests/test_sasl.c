@@ -118,7 +118,8 @@ static void test_mech_names(void)
     CHECK_INT(sasl_mech_from_name("PLAINX", 5, ALL_MECHS), SASL_PLAIN); /* only len bytes count */
     CHECK_INT(sasl_mech_from_name("PLAI", 4, ALL_MECHS), 0);
     CHECK_INT(sasl_mech_from_name("DIGEST-MD5", 10, ALL_MECHS), 0);
-    CHECK_INT(sasl_mech_from_name("EXTERNAL", 8, ALL_MECHS | AUTH_EXTERNAL), 0);
+    CHECK_INT(sasl_mech_from_name("EXTERNAL", 8, ALL_MECHS | AUTH_EXTERNAL), SASL_EXTERNAL); /* the TLS client certificate */
+    CHECK_INT(sasl_mech_from_name("EXTERNAL", 8, ALL_MECHS), 0);
     /* not offered on the listener: refused */
     CHECK_INT(sasl_mech_from_name("LOGIN", 5, AUTH_PLAIN), 0);
     CHECK_INT(sasl_mech_from_name("XOAUTH2", 7, AUTH_PLAIN | AUTH_LOGIN), 0);
