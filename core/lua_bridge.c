@@ -141,7 +141,7 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
 
 static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path, char *err, size_t errlen)
 {
-    static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni", "weight",
+    static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni", "weight", "certificate", "key",
                                          "xclient", "proxy_protocol", "name", NULL };
     int bad = 0;
     lua_pushnil(L);
@@ -186,6 +186,12 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
     }
     free(tls);
     u->sni = opt_str(L, idx, "sni", path, err, errlen, &bad);
+    u->certificate = opt_str(L, idx, "certificate", path, err, errlen, &bad);
+    u->key = opt_str(L, idx, "key", path, err, errlen, &bad);
+    if (!bad && (!u->certificate != !u->key)) {
+        snprintf(err, errlen, "%s: a client certificate needs both certificate and key", path);
+        bad = 1;
+    }
     lua_getfield(L, idx, "verify");
     u->verify = lua_isnil(L, -1) ? true : lua_toboolean(L, -1);
     lua_pop(L, 1);

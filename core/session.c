@@ -584,6 +584,8 @@ void upstreams_free(upstream_t *u, int n)
         free(u[i].user);
         free(u[i].auth);
         free(u[i].sni);
+        free(u[i].certificate);
+        free(u[i].key);
         if (u[i].password) {
             explicit_bzero(u[i].password, strlen(u[i].password));
             free(u[i].password);

@@ -53,6 +53,7 @@ typedef struct upstream {
     int tls;                 /* 0 plaintext, 1 implicit TLS, 2 STARTTLS */
     bool verify;             /* check the upstream's certificate (default) */
     char *sni;               /* the name sent and checked; NULL: host */
+    char *certificate, *key; /* a client certificate for the upstream, PEM files */
     char *auth;              /* mechanism to log in upstream with, NULL: the protocol picks */
     int xclient;             /* SMTP XCLIENT: -1 the listener's default, 0 no, 1 yes */
 } upstream_t;

@@ -49,9 +49,18 @@ struct tls_server {
     int *ciphers;
 };
 
+/* A client certificate to show upstreams, with its own configs. */
+typedef struct tls_identity {
+    char *certificate, *key;
+    tls_cert_t cert;
+    mbedtls_ssl_config verify, noverify;
+    struct tls_identity *next;
+} tls_identity_t;
+
 struct tls_client {
     mbedtls_ssl_config verify, noverify;
     mbedtls_x509_crt ca;
+    tls_identity_t *ids;
 };
 
 struct tls_conn {
@@ -278,6 +287,8 @@ void tls_server_unref(tls_server_t *s)
 
 /* ---- client ---- */
 
+static void client_confs(tls_client_t *c, mbedtls_ssl_config *verify, mbedtls_ssl_config *noverify);
+
 tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
 {
     if (tls_global_init() < 0) {
@@ -301,7 +312,13 @@ tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
         tls_client_free(c);
         return NULL;
     }
-    mbedtls_ssl_config *confs[2] = { &c->verify, &c->noverify };
+    client_confs(c, &c->verify, &c->noverify);
+    return c;
+}
+
+static void client_confs(tls_client_t *c, mbedtls_ssl_config *verify, mbedtls_ssl_config *noverify)
+{
+    mbedtls_ssl_config *confs[2] = { verify, noverify };
     for (int i = 0; i < 2; i++) {
         mbedtls_ssl_config_defaults(confs[i], MBEDTLS_SSL_IS_CLIENT, MBEDTLS_SSL_TRANSPORT_STREAM,
                                     MBEDTLS_SSL_PRESET_DEFAULT);
@@ -309,15 +326,55 @@ tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
         mbedtls_ssl_conf_min_version(confs[i], MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
         mbedtls_ssl_conf_ca_chain(confs[i], &c->ca, NULL);
     }
-    mbedtls_ssl_conf_authmode(&c->verify, MBEDTLS_SSL_VERIFY_REQUIRED);
-    mbedtls_ssl_conf_authmode(&c->noverify, MBEDTLS_SSL_VERIFY_NONE);
-    return c;
+    mbedtls_ssl_conf_authmode(verify, MBEDTLS_SSL_VERIFY_REQUIRED);
+    mbedtls_ssl_conf_authmode(noverify, MBEDTLS_SSL_VERIFY_NONE);
+}
+
+static void identity_free(tls_identity_t *id)
+{
+    free(id->certificate);
+    free(id->key);
+    free(id->cert.name);
+    mbedtls_x509_crt_free(&id->cert.crt);
+    mbedtls_pk_free(&id->cert.key);
+    mbedtls_ssl_config_free(&id->verify);
+    mbedtls_ssl_config_free(&id->noverify);
+    free(id);
+}
+
+/* The configs that show this certificate, loaded on first use. */
+static tls_identity_t *identity(tls_client_t *c, const char *cert, const char *key, char *err, size_t errlen)
+{
+    for (tls_identity_t *id = c->ids; id; id = id->next)
+        if (strcmp(id->certificate, cert) == 0 && strcmp(id->key, key) == 0)
+            return id;
+    tls_identity_t *id = calloc(1, sizeof *id);
+    id->certificate = strdup(cert);
+    id->key = strdup(key);
+    mbedtls_ssl_config_init(&id->verify);
+    mbedtls_ssl_config_init(&id->noverify);
+    tls_cert_conf_t cc = { NULL, cert, key };
+    if (load_cert(&id->cert, &cc, err, errlen) < 0) {
+        identity_free(id);
+        return NULL;
+    }
+    client_confs(c, &id->verify, &id->noverify);
+    mbedtls_ssl_conf_own_cert(&id->verify, &id->cert.crt, &id->cert.key);
+    mbedtls_ssl_conf_own_cert(&id->noverify, &id->cert.crt, &id->cert.key);
+    id->next = c->ids;
+    c->ids = id;
+    return id;
 }
 
 void tls_client_free(tls_client_t *c)
 {
     if (!c)
         return;
+    while (c->ids) {
+        tls_identity_t *id = c->ids;
+        c->ids = id->next;
+        identity_free(id);
+    }
     mbedtls_ssl_config_free(&c->verify);
     mbedtls_ssl_config_free(&c->noverify);
     mbedtls_x509_crt_free(&c->ca);
@@ -372,9 +429,17 @@ tls_conn_t *tls_conn_server(tls_server_t *s)
     return t;
 }
 
-tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify)
+tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify, const char *cert, const char *key,
+                            char *err, size_t errlen)
 {
-    tls_conn_t *t = conn_new(verify ? &c->verify : &c->noverify);
+    const mbedtls_ssl_config *conf = verify ? &c->verify : &c->noverify;
+    if (cert && key) {
+        tls_identity_t *id = identity(c, cert, key, err, errlen);
+        if (!id)
+            return NULL;
+        conf = verify ? &id->verify : &id->noverify;
+    }
+    tls_conn_t *t = conn_new(conf);
     /* Always set it when verifying: 2.28.3 skips the name check without a
      * word otherwise (CVE-2025-27809). */
     if (t && sni && mbedtls_ssl_set_hostname(&t->ssl, sni) != 0) {

@@ -44,8 +44,10 @@ tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen);
 void tls_client_free(tls_client_t *c);
 
 tls_conn_t *tls_conn_server(tls_server_t *s);
-/* sni: the name sent and checked (verify); NULL when verify is off and no name is wanted */
-tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify);
+/* sni: the name sent and checked (verify); cert/key: a client certificate
+ * to show (NULL: none); err says why on NULL */
+tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify, const char *cert, const char *key,
+                            char *err, size_t errlen);
 void tls_conn_free(tls_conn_t *t);
 
 /* Ciphertext from the socket; `eof` once the socket said EOF. */

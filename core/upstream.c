@@ -137,9 +137,12 @@ static void start_tls(session_t *s)
     const upstream_t *u = session_upstream(s);
     tls_client_t *cli = config_tls_client((config_t *)s->cfg);
     const char *sni = u->sni ? u->sni : u->host;
-    up->tls = cli ? tls_conn_client(cli, sni, u->verify) : NULL;
+    char err[600] = "no TLS client (see tls.upstream_ca)";
+    up->tls = cli ? tls_conn_client(cli, sni, u->verify, u->certificate, u->key, err, sizeof err) : NULL;
     if (!up->tls) {
-        session_upstream_failed(s, "cannot set up TLS towards the upstream");
+        char why[700];
+        snprintf(why, sizeof why, "cannot set up TLS towards the upstream: %s", err);
+        session_upstream_failed(s, why);
         return;
     }
     tls_handshake(up->tls); /* the ClientHello */

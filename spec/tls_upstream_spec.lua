@@ -135,6 +135,7 @@ describe("TLS towards upstreams #tls", function()
     front("imap_inject", im, { proto = "imap", mode = "starttls", inject = true })
     front("smtp_inject", sm, { proto = "smtp", mode = "starttls", inject = true })
     front("smtp_xclient_st", smx, { proto = "smtp", mode = "starttls" })
+    front("needs_cert", im, { proto = "imap", client_ca = C.ca })
 
     local function up(name, extra)
       local u = { host = "127.0.0.1", port = F[name].port }
@@ -171,6 +172,8 @@ describe("TLS towards upstreams #tls", function()
       ["imap-inject"] = up("imap_inject", st(T)),
       ["smtp-inject"] = up("smtp_inject", st(T)),
       ["smtp-xclient"] = up("smtp_xclient_st", st { sni = "mail.test", xclient = true }),
+      ["with-cert"] = up("needs_cert", on { sni = "mail.test", certificate = C.client, key = C.client_key }),
+      ["without-cert"] = up("needs_cert", on(T)),
       -- a failing TLS upstream, then a good one: the list goes on (over TLS again)
       ["failover"] = { up("untrusted", on(T)), up("imap_on", on(T)) },
     }
@@ -227,6 +230,20 @@ describe("TLS towards upstreams #tls", function()
       assert.matches("^a5 OK", t5)
       assert.matches("^%* BYE", u5[1])
       assert.is_true(c:closed(3), "the session stayed open after the upstream closed")
+    end)
+
+    it("shows the policy's client certificate to an upstream that requires one", function()
+      local before = #front_conns(F.needs_cert)
+      local _, tagged = imap_login("with-cert")
+      assert.matches("^a1 OK ", tagged)
+      local conns = front_conns(F.needs_cert)
+      assert.equal(before + 1, #conns)
+      F.needs_cert:wait_for("^" .. conns[#conns] .. " PEER client1$")
+    end)
+
+    it("fails temporarily when an upstream requires a client certificate and the policy gives none", function()
+      local _, tagged = imap_login("without-cert")
+      assert.matches("^a1 NO %[UNAVAILABLE%]", tagged)
     end)
 
     it("tls = \"on\": a client that does not read a 20 MB download does not make postern's memory grow", function()

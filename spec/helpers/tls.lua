@@ -180,6 +180,10 @@ function _M.front(opts)
     "--record", f.record_path, "--mode", opts.mode or "implicit", "--proto", opts.proto or "imap" }
   if opts.no_starttls then argv[#argv + 1] = "--no-starttls" end
   if opts.inject then argv[#argv + 1] = "--inject" end
+  if opts.client_ca then
+    argv[#argv + 1] = "--client-ca"
+    argv[#argv + 1] = opts.client_ca
+  end
   return spawn(f, argv, "tls_front")
 end
 

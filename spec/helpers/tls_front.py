@@ -170,6 +170,10 @@ def serve(raw, cid, ctx, args):
             return
         sni = getattr(conn, "sni_name", None) or "-"
         record("%d TLS %s %s sni=%s" % (cid, conn.version(), conn.cipher()[0], sni))
+        peer = conn.getpeercert()
+        if peer:
+            cn = [v for rdn in peer.get("subject", ()) for (k, v) in rdn if k == "commonName"]
+            record("%d PEER %s" % (cid, cn[0] if cn else "?"))
         conn.settimeout(None)
         up = socket.create_connection(("127.0.0.1", args.target), timeout=10)
         up.settimeout(None)
@@ -204,6 +208,7 @@ def main():
     ap.add_argument("--no-starttls", action="store_true")
     ap.add_argument("--inject", action="store_true")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--client-ca", help="require a client certificate signed by this CA")
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     rec = open(args.record, "a")
@@ -211,6 +216,9 @@ def main():
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(args.cert, args.key)
+    if args.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(args.client_ca)
 
     def on_sni(sslsock, name, _ctx):
         sslsock.sni_name = name
