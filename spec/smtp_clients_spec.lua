@@ -262,6 +262,25 @@ describe("SMTP clients through postern #clients", function()
       assert.matches("\nHello smtp%-sink%.\n", dumps[1])
     end)
 
+    it("takes a message over TLS: smtp-sink behind a TLS terminator, upstream tls = \"on\" verified", function()
+      local certs = require("helpers.certs").get()
+      local tls = require "helpers.tls"
+      local sc = smtp_scene.new(finally)
+      local sink = start_sink(sc)
+      local front = tls.front { target = sink.port, cert = certs.server, key = certs.server_key, proto = "smtp" }
+      sc:on_stop(function() front:stop() end)
+      local up = { host = "127.0.0.1", port = front.port, tls = "on", sni = "mail.test" }
+      local p = sc:proxy({ domains = { ["sink.example"] = up } }, { auth = { "none" },
+        config = { tls = { certificate = certs.server, key = certs.server_key, upstream_ca = certs.ca } } })
+      local out, rc = smtplib(p.port, { from = "alice@sender.example", to = { "bob@sink.example" },
+        subject = "over tls", body = "Hello smtp-sink over TLS." })
+      assert.equal(0, rc, out)
+      local dumps = sink:wait_message()
+      assert.is_truthy(dumps, "smtp-sink dumped no message; its log:\n" .. sink:log())
+      assert.matches("\nSubject: over tls\n", dumps[1])
+      front:wait_for(" TLS TLSv1%.2 ")
+    end)
+
     it("takes a whole pipelined transaction in one send, even when it does not offer PIPELINING itself (-p)", function()
       local sc = smtp_scene.new(finally)
       local sink = start_sink(sc, { "-p" })
