@@ -1,6 +1,8 @@
 /* buf.c: bounded byte buffers and line splitting. */
 #include "buf.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,4 +80,24 @@ int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed)
         l--;
     *line_len = l;
     return 1;
+}
+
+char *str_printf(const char *fmt, ...)
+{
+    va_list ap;
+    char *r = NULL;
+    va_start(ap, fmt);
+    if (vasprintf(&r, fmt, ap) < 0)
+        r = NULL;
+    va_end(ap);
+    return r;
+}
+
+void str_wipe_free(char **p)
+{
+    if (*p) {
+        explicit_bzero(*p, strlen(*p));
+        free(*p);
+        *p = NULL;
+    }
 }

@@ -1,5 +1,6 @@
-/* buf.h: a byte buffer with a hard size limit. Every protocol buffer in
- * postern is one of these, so no input can make memory grow unbounded. */
+/* buf.h: a byte buffer with a hard size limit (every protocol buffer in
+ * postern is one: no input can make memory grow unbounded), and the two
+ * string helpers the protocol modules share. */
 #ifndef POSTERN_BUF_H
 #define POSTERN_BUF_H
 
@@ -22,5 +23,10 @@ void buf_consume(buf_t *b, size_t n);              /* drop n bytes from the fron
 /* Finds the first line in p[0..len): returns 1 and sets *line_len (without
  * CRLF or bare LF) and *consumed (with it), or 0 when no LF is there yet. */
 int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed);
+
+/* A malloc'd formatted string (NULL when out of memory). */
+char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Zeroes a string (it may hold a password), frees it, NULLs the pointer. */
+void str_wipe_free(char **p);
 
 #endif

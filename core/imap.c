@@ -493,18 +493,6 @@ static char *quote(const char *v)
     return q;
 }
 
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *r = NULL;
-    va_start(ap, fmt);
-    if (vasprintf(&r, fmt, ap) < 0)
-        r = NULL;
-    va_end(ap);
-    return r;
-}
-
 /* AUTHENTICATE <mech> with its initial response: on the command line with
  * SASL-IR, else after the server's "+". */
 static void send_authenticate(session_t *s, int mech, const char *user, const char *pass)
@@ -514,10 +502,10 @@ static void send_authenticate(session_t *s, int mech, const char *user, const ch
     char *line;
     st->umech = mech;
     if (st->ucaps & CAP_SASL_IR) {
-        line = xprintf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
+        line = str_printf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
     } else {
-        line = xprintf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
-        st->pending[st->npending++] = xprintf("%s\r\n", b64);
+        line = str_printf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
+        st->pending[st->npending++] = str_printf("%s\r\n", b64);
     }
     explicit_bzero(b64, strlen(b64));
     free(b64);
@@ -555,16 +543,16 @@ static void send_login(session_t *s)
     char *line;
     if (quotable(user) && quotable(pass)) {
         char *qu = quote(user), *qp = quote(pass);
-        line = xprintf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
+        line = str_printf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
         explicit_bzero(qp, strlen(qp));
         free(qu);
         free(qp);
     } else if (st->ucaps & CAP_LITERALPLUS) {
-        line = xprintf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
+        line = str_printf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
     } else {
-        line = xprintf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
-        st->pending[st->npending++] = xprintf("%s {%zu}\r\n", user, strlen(pass));
-        st->pending[st->npending++] = xprintf("%s\r\n", pass);
+        line = str_printf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
+        st->pending[st->npending++] = str_printf("%s {%zu}\r\n", user, strlen(pass));
+        st->pending[st->npending++] = str_printf("%s\r\n", pass);
     }
     session_upstream_write(s, line, strlen(line));
     explicit_bzero(line, strlen(line));
@@ -612,8 +600,8 @@ static void upstream_line(session_t *s, const char *line, size_t len)
             /* Already logged in: pass its capabilities on, if it gave any. */
             const char *caps = find_caps(line, len);
             const char *end = caps ? memchr(caps, ']', len - (size_t)(caps - line)) : NULL;
-            char *ok = end ? xprintf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
-                           : xprintf("%s OK Logged in\r\n", st->tag);
+            char *ok = end ? str_printf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
+                           : str_printf("%s OK Logged in\r\n", st->tag);
             session_upstream_ready(s, ok, strlen(ok));
             free(ok);
         } else {

@@ -41,38 +41,17 @@ static pop3_state_t *st_of(session_t *s)
     return s->pstate;
 }
 
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *r = NULL;
-    va_start(ap, fmt);
-    if (vasprintf(&r, fmt, ap) < 0)
-        r = NULL;
-    va_end(ap);
-    return r;
-}
-
-static void wipe_free(char **p)
-{
-    if (*p) {
-        explicit_bzero(*p, strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
-}
-
 static void free_pending(pop3_state_t *st)
 {
     for (int i = 0; i < st->npending; i++)
-        wipe_free(&st->pending[i]);
+        str_wipe_free(&st->pending[i]);
     st->npending = st->next_pending = 0;
 }
 
 static void pop3_cleanup(session_t *s)
 {
     pop3_state_t *st = st_of(s);
-    wipe_free(&st->user);
+    str_wipe_free(&st->user);
     free(st->oauth_failure);
     free(st->greeting);
     free_pending(st);
@@ -134,7 +113,7 @@ static void pop3_auth_refused(session_t *s, const refusal_t *r)
         char challenge[256];
         sasl_oauth_error(challenge, sizeof challenge, r->temporary);
         free(st->oauth_failure);
-        st->oauth_failure = xprintf("-ERR %s%s\r\n", code, msg);
+        st->oauth_failure = str_printf("-ERR %s%s\r\n", code, msg);
         session_printf(s, "+ %s\r\n", challenge);
         st->state = C_OAUTH_ERROR;
         return;
@@ -205,7 +184,7 @@ static void command(session_t *s, char *line, size_t len)
     } else if (is_word(line, vl, "NOOP") && al == 0) {
         session_printf(s, "+OK\r\n");
     } else if (is_word(line, vl, "RSET") && al == 0) {
-        wipe_free(&st->user);
+        str_wipe_free(&st->user);
         session_printf(s, "+OK\r\n");
     } else if (is_word(line, vl, "QUIT") && al == 0) {
         session_printf(s, "+OK %s POP3 proxy signing off\r\n", s->cfg->server_name);
@@ -216,7 +195,7 @@ static void command(session_t *s, char *line, size_t len)
             unknown(s, "Syntax: USER name");
             return;
         }
-        wipe_free(&st->user);
+        str_wipe_free(&st->user);
         st->user = strndup(arg, al);
         session_printf(s, "+OK\r\n");
     } else if (is_word(line, vl, "PASS") && (auth & AUTH_USER)) {
@@ -365,7 +344,7 @@ static void start_login(session_t *s, const char *greeting, size_t len)
         explicit_bzero(buf, tl + pl);
         free(buf);
         st->ustate = U_LOGIN;
-        send_line(s, xprintf("APOP %s %s\r\n", user, digest));
+        send_line(s, str_printf("APOP %s %s\r\n", user, digest));
         return;
     }
     int mech = apop ? 0 : sasl_upstream_mech(&s->cred, u->auth);
@@ -373,23 +352,23 @@ static void start_login(session_t *s, const char *greeting, size_t len)
         mech = SASL_PLAIN; /* USER cannot carry a space */
     if (mech == SASL_LOGIN) {
         char *bu = sasl_b64_encode(user, strlen(user)), *bp = sasl_b64_encode(pass, strlen(pass));
-        st->pending[st->npending++] = xprintf("%s\r\n", bu);
-        st->pending[st->npending++] = xprintf("%s\r\n", bp);
-        wipe_free(&bu);
-        wipe_free(&bp);
+        st->pending[st->npending++] = str_printf("%s\r\n", bu);
+        st->pending[st->npending++] = str_printf("%s\r\n", bp);
+        str_wipe_free(&bu);
+        str_wipe_free(&bp);
         st->ustate = U_AUTH;
         st->umech = mech;
-        send_line(s, xprintf("AUTH LOGIN\r\n"));
+        send_line(s, str_printf("AUTH LOGIN\r\n"));
     } else if (mech) {
         char *b64 = sasl_client_response(mech, user, pass);
         st->ustate = U_AUTH;
         st->umech = mech;
-        send_line(s, xprintf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
-        wipe_free(&b64);
+        send_line(s, str_printf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
+        str_wipe_free(&b64);
     } else {
-        st->pending[st->npending++] = xprintf("PASS %s\r\n", pass);
+        st->pending[st->npending++] = str_printf("PASS %s\r\n", pass);
         st->ustate = U_USER;
-        send_line(s, xprintf("USER %s\r\n", user));
+        send_line(s, str_printf("USER %s\r\n", user));
     }
 }
 
@@ -463,7 +442,7 @@ static void upstream_line(session_t *s, const char *line, size_t len)
     case U_LOGIN:
         if (ok) {
             free_pending(st);
-            char *reply = xprintf("%.*s\r\n", (int)len, line);
+            char *reply = str_printf("%.*s\r\n", (int)len, line);
             session_upstream_ready(s, reply, strlen(reply));
             free(reply);
         } else if (err) {
@@ -492,7 +471,7 @@ static void pop3_tls_started(session_t *s)
 {
     pop3_state_t *st = st_of(s);
     st->state = C_COMMAND;
-    wipe_free(&st->user);
+    str_wipe_free(&st->user);
 }
 
 static void pop3_upstream_tls_ready(session_t *s)

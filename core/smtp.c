@@ -47,31 +47,10 @@ static smtp_state_t *st_of(session_t *s)
     return s->pstate;
 }
 
-static char *xprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *xprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *r = NULL;
-    va_start(ap, fmt);
-    if (vasprintf(&r, fmt, ap) < 0)
-        r = NULL;
-    va_end(ap);
-    return r;
-}
-
-static void wipe_free(char **p)
-{
-    if (*p) {
-        explicit_bzero(*p, strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
-}
-
 static void free_pending(smtp_state_t *st)
 {
     for (int i = 0; i < st->npending; i++)
-        wipe_free(&st->pending[i]);
+        str_wipe_free(&st->pending[i]);
     st->npending = st->next_pending = 0;
 }
 
@@ -170,7 +149,7 @@ static void smtp_auth_refused(session_t *s, const refusal_t *r)
         char challenge[256];
         sasl_oauth_error(challenge, sizeof challenge, r->temporary);
         free(st->oauth_failure);
-        st->oauth_failure = xprintf("%s %s\r\n", code, msg);
+        st->oauth_failure = str_printf("%s %s\r\n", code, msg);
         session_printf(s, "334 %s\r\n", challenge);
         st->state = C_OAUTH_ERROR;
         return;
@@ -483,7 +462,7 @@ static void send_mail(session_t *s)
 {
     smtp_state_t *st = st_of(s);
     st->ustate = U_MAIL;
-    send_line(s, xprintf("%s\r\n", s->env.mail_line));
+    send_line(s, str_printf("%s\r\n", s->env.mail_line));
 }
 
 static void send_xclient(session_t *s)
@@ -533,15 +512,15 @@ static void send_auth(session_t *s)
     st->ustate = U_AUTH;
     if (mech == SASL_LOGIN) {
         char *bu = sasl_b64_encode(user, strlen(user)), *bp = sasl_b64_encode(pass, strlen(pass));
-        st->pending[st->npending++] = xprintf("%s\r\n", bp);
-        send_line(s, xprintf("AUTH LOGIN %s\r\n", bu));
-        wipe_free(&bu);
-        wipe_free(&bp);
+        st->pending[st->npending++] = str_printf("%s\r\n", bp);
+        send_line(s, str_printf("AUTH LOGIN %s\r\n", bu));
+        str_wipe_free(&bu);
+        str_wipe_free(&bp);
         return;
     }
     char *b64 = sasl_client_response(mech, user, pass);
-    send_line(s, xprintf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
-    wipe_free(&b64);
+    send_line(s, str_printf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
+    str_wipe_free(&b64);
 }
 
 static void after_ehlo(session_t *s)
@@ -639,7 +618,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         st->ustate = U_EHLO;
-        send_line(s, xprintf("EHLO %s\r\n", s->cfg->server_name));
+        send_line(s, str_printf("EHLO %s\r\n", s->cfg->server_name));
         return;
     case U_EHLO:
     case U_XCLIENT_EHLO:
@@ -667,7 +646,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
         /* XCLIENT starts a new session: greet again, with the client's name */
         st->ustate = U_XCLIENT_EHLO;
         st->ucaps &= ~(unsigned)(UC_XCLIENT);
-        send_line(s, xprintf("%s %s\r\n", st->esmtp || !s->env.helo ? "EHLO" : "HELO",
+        send_line(s, str_printf("%s %s\r\n", st->esmtp || !s->env.helo ? "EHLO" : "HELO",
                              s->env.helo ? s->env.helo : s->cfg->server_name));
         return;
     case U_AUTH:
@@ -699,12 +678,12 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         st->ustate = U_RCPT;
-        send_line(s, xprintf("%s\r\n", s->env.rcpt_line));
+        send_line(s, str_printf("%s\r\n", s->env.rcpt_line));
         return;
     case U_RCPT: {
         /* the upstream's answer to the client's RCPT, whatever it is; the
          * rest of the transaction goes straight through */
-        char *reply = xprintf("%.*s\r\n", (int)len, line);
+        char *reply = str_printf("%.*s\r\n", (int)len, line);
         session_upstream_ready(s, reply, strlen(reply));
         free(reply);
         return;
@@ -749,7 +728,7 @@ static void smtp_upstream_tls_ready(session_t *s)
     smtp_state_t *st = st_of(s);
     st->ustate = U_EHLO;
     st->ucaps = 0;
-    send_line(s, xprintf("EHLO %s\r\n", s->cfg->server_name));
+    send_line(s, str_printf("EHLO %s\r\n", s->cfg->server_name));
 }
 
 const proto_t proto_smtp = {
