@@ -1733,3 +1733,64 @@ describe("postern -t and TLS files #tls", function()
     assert.matches("upstream_ca", out)
   end)
 end)
+
+describe("TLS protocols and ciphers #tls", function()
+  local C, proxy
+
+  setup(function()
+    C = certs_helper.get()
+    proxy = testing.start {
+      policy_source = "return { authenticate = function(s) return nil, 'no' end }",
+      config = {
+        tls = { certificate = C.server, key = C.server_key, protocols = "TLSv1.2",
+                ciphers = "TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256" },
+        listen = { { protocol = "imap", tls = true } },
+      },
+    }
+  end)
+
+  teardown(function()
+    if proxy then proxy:stop() end
+  end)
+
+  local function s_client(extra)
+    local argv = { "timeout", "10", "openssl", "s_client", "-connect", "127.0.0.1:" .. proxy.port,
+                   "-CAfile", C.ca, "-servername", "mail.test", "-ign_eof" }
+    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+    local script = "printf 'a LOGOUT\\r\\n' | " .. table.concat((function()
+      local q = {}
+      for i, a in ipairs(argv) do q[i] = shell.quote(a) end
+      return q
+    end)(), " ") .. " 2>&1"
+    local p = io.popen(script)
+    local out = p:read("*a")
+    p:close()
+    return out
+  end
+
+  it("offers only the configured cipher suite", function()
+    local out = s_client()
+    assert.matches("Cipher is ECDHE%-RSA%-AES128%-GCM%-SHA256", out)
+    assert.matches("%* OK", out)
+  end)
+
+  it("refuses a client that only speaks a cipher suite not in the list", function()
+    local out = s_client { "-cipher", "ECDHE-RSA-AES256-GCM-SHA384", "-tls1_2" }
+    assert.is_nil(out:find("* OK", 1, true), out)
+  end)
+
+  it("refuses TLS 1.1 and older (TLS 1.2 at least)", function()
+    local out = s_client { "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0" }
+    assert.is_nil(out:find("* OK", 1, true), out)
+  end)
+
+  it("names an unknown cipher suite when the configuration is checked", function()
+    local ok, out = testing.check_config {
+      policy = proxy.config.policy,
+      tls = { certificate = C.server, key = C.server_key, ciphers = "TLS-NO-SUCH-CIPHER" },
+      listen = { { address = "127.0.0.1:" .. testing.free_port(), protocol = "imap", tls = true } },
+    }
+    assert.is_false(ok)
+    assert.matches("unknown cipher suite \"TLS%-NO%-SUCH%-CIPHER\"", out)
+  end)
+end)
