@@ -243,11 +243,22 @@ end
 testing.bin = os.getenv("POSTERN_BIN") or (testing.root .. "/build/postern")
 testing.luajit = os.getenv("LUAJIT") or "luajit"
 
+-- The kernel may hand the same ephemeral port to two bind(0) calls in a row once
+-- the first socket is closed, so remember what was handed out: two listeners of
+-- one spec must never be given the same port.
+local handed_ports = {}
 function testing.free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
+  for _ = 1, 100 do
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    port = tonumber(port)
+    if not handed_ports[port] then
+      handed_ports[port] = true
+      return port
+    end
+  end
+  error("no free port found that was not handed out already")
 end
 
 -- serializer ---------------------------------------------------------------------

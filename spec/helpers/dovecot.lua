@@ -93,13 +93,9 @@ local function read_tail(path, n)
   return data
 end
 
-local function free_port()
-  local s = assert(socket.tcp())
-  assert(s:bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return assert(tonumber(port))
-end
+-- shares testing's record of handed-out ports, so that Dovecot and postern are
+-- never given the same one
+local free_port = require("postern.testing").free_port
 
 local function sleep(t)
   socket.sleep(t)
