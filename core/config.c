@@ -252,7 +252,7 @@ static const struct { const char *name; unsigned bit; } auth_names[] = {
 static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[3])
 {
     static const char *const keys[] = { "address", "protocol", "auth", "starttls", "tls",
-                                        "xclient", "capabilities", "verify_client", "client_ca", NULL };
+                                        "xclient", "capabilities", "verify_client", "client_ca", "proxy_protocol", NULL };
     lua_State *L = c->L;
     listen_conf_t *l = &cfg->listen[i];
     char path[64], kp[256];
@@ -330,7 +330,8 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
         if (bad)
             return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
     }
-    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "xclient", &l->xclient) < 0)
+    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "xclient", &l->xclient) < 0 ||
+        opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0)
         return -1;
     if (l->tls && l->starttls) {
         snprintf(kp, sizeof kp, "%s.starttls", path);

@@ -32,6 +32,7 @@ typedef struct listen_conf {
     int starttls;                  /* 0 off, 1 on, 2 only */
     bool tls;                      /* implicit TLS (993, 995, 465) */
     bool xclient;
+    bool proxy_protocol;           /* a PROXY v1/v2 header from a load balancer precedes everything */
     int verify_client;             /* 0 off, 1 optional, 2 required */
     char *client_ca;
     char *capabilities;            /* pre-auth capabilities, "\n"-separated entries */

@@ -195,6 +195,14 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
     lua_getfield(L, idx, "verify");
     u->verify = lua_isnil(L, -1) ? true : lua_toboolean(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, idx, "proxy_protocol");
+    if (lua_isnumber(L, -1) && (lua_tonumber(L, -1) == 1 || lua_tonumber(L, -1) == 2))
+        u->proxy_protocol = (int)lua_tonumber(L, -1);
+    else if (!lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1)) && !bad) {
+        snprintf(err, errlen, "%s.proxy_protocol: must be 1 or 2", path);
+        bad = 1;
+    }
+    lua_pop(L, 1);
     lua_getfield(L, idx, "port");
     double port = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
     lua_pop(L, 1);
@@ -415,6 +423,13 @@ static void push_session(lua_State *L, session_t *s)
     set_str(L, "local_ip", s->local_ip);
     set_num(L, "local_port", s->local_port);
     set_str(L, "server_name", s->cfg->server_name);
+    if (s->proxied) { /* the addresses a load balancer gave in its PROXY header */
+        set_str(L, "proxy_protocol_addr", s->client_ip);
+        set_num(L, "proxy_protocol_port", s->client_port);
+        set_str(L, "proxy_protocol_server_addr", s->local_ip);
+        set_num(L, "proxy_protocol_server_port", s->local_port);
+        set_str(L, "peer_ip", s->peer_ip);
+    }
     lua_pushboolean(L, s->tls_active);
     lua_setfield(L, -2, "tls");
     if (s->ctls && s->tls_active) {
@@ -430,6 +445,19 @@ static void push_session(lua_State *L, session_t *s)
             set_str(L, "serial", serial);
             set_str(L, "fingerprint", fp);
             lua_setfield(L, -2, "client_cert");
+        }
+        if (s->listener->verify_client) { /* what nginx's auth_http sends as Auth-SSL-* */
+            tls_peer_nginx_t pn;
+            bool cert = tls_peer_nginx(s->ctls, &pn);
+            set_str(L, "tls_verify", pn.verify);
+            if (cert) {
+                set_str(L, "tls_subject", pn.subject);
+                set_str(L, "tls_issuer", pn.issuer);
+                set_str(L, "tls_serial", pn.serial);
+                set_str(L, "tls_fingerprint", pn.fingerprint);
+                set_str(L, "tls_cert", pn.pem);
+            }
+            free(pn.pem);
         }
     }
     set_str(L, "user", s->cred.user);

@@ -5,6 +5,7 @@
 #include "session.h"
 
 #include "log.h"
+#include "proxy_proto.h"
 #include "lua_bridge.h"
 #include "tls.h"
 #include "relay.h"
@@ -33,6 +34,10 @@ typedef struct write_req {
 
 static void session_free(session_t *s);
 static void session_ready(session_t *s);
+static void session_begin(session_t *s);
+static void proxy_header_input(session_t *s);
+static void client_tls_input(session_t *s, const char *data, size_t len);
+static void process_input(session_t *s);
 static void back_to_preauth(session_t *s);
 static void tls_handshake_finished(session_t *s);
 static void client_read_start(session_t *s);
@@ -144,8 +149,20 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     nsessions++;
     session_log(s, LL_INFO, "client connected");
 
-    if (l->tls) { /* implicit TLS: the handshake comes before anything else */
-        s->ctls = tls_conn_server(l->tls_server);
+    if (l->proxy_protocol) { /* the balancer's header comes before anything else, TLS included */
+        s->phase = PHASE_PROXY_HEADER;
+        session_set_timeout(s, s->cfg->timeout);
+        client_read_start(s);
+        return;
+    }
+    session_begin(s);
+}
+
+/* The client's addresses are known: TLS on a TLS port, then session_ready. */
+static void session_begin(session_t *s)
+{
+    if (s->listener->tls) { /* implicit TLS: the handshake comes before anything else */
+        s->ctls = tls_conn_server(s->listener->tls_server);
         if (!s->ctls) {
             session_close(s, "cannot set up TLS");
             return;
@@ -157,6 +174,51 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     }
     client_read_start(s);
     session_ready(s);
+}
+
+/* PHASE_PROXY_HEADER: bytes arrived in cin. A listener with
+ * proxy_protocol takes only connections that start with a valid header
+ * (v1 or v2); anything else is closed without a word, as the client is
+ * the balancer, not a mail client. */
+static void proxy_header_input(session_t *s)
+{
+    proxy_addr_t a;
+    const char *err = "bad PROXY header";
+    int n = proxy_parse(s->cin.data, s->cin.len, &a, &err);
+    if (n == 0)
+        return;
+    if (n < 0) {
+        session_log(s, LL_INFO, "%s", err);
+        session_close(s, "bad PROXY protocol header");
+        return;
+    }
+    if (a.known) {
+        snprintf(s->peer_ip, sizeof s->peer_ip, "%s", s->client_ip);
+        snprintf(s->client_ip, sizeof s->client_ip, "%s", a.src_ip);
+        snprintf(s->local_ip, sizeof s->local_ip, "%s", a.dst_ip);
+        s->client_port = a.src_port;
+        s->local_port = a.dst_port;
+        s->proxied = true;
+        session_log(s, LL_INFO, "PROXY v%d: client %s:%d via %s", a.version, s->client_ip, s->client_port,
+                    s->peer_ip);
+    }
+    buf_consume(&s->cin, (size_t)n);
+    if (s->listener->tls) {
+        /* what followed the header is the start of the TLS handshake */
+        size_t len = s->cin.len;
+        char *early = len ? malloc(len) : NULL;
+        if (early)
+            memcpy(early, s->cin.data, len);
+        s->cin.len = 0;
+        session_begin(s);
+        if (early && s->phase == PHASE_TLS_HANDSHAKE)
+            client_tls_input(s, early, len);
+        free(early);
+        return;
+    }
+    session_begin(s);
+    if (s->phase == PHASE_PREAUTH && s->cin.len > 0)
+        process_input(s);
 }
 
 /* Connected (and TLS done on a TLS port): the on_connect hook, or the
@@ -174,6 +236,15 @@ static void session_ready(session_t *s)
 
 static void tls_handshake_finished(session_t *s)
 {
+    if (s->listener->verify_client && tls_peer_cert_failed(s->ctls)) {
+        /* "optional" lets a client without a certificate in; one whose
+         * certificate does not verify is refused, as nginx does */
+        session_log(s, LL_INFO, "client certificate refused: %s", tls_peer_verify_error(s->ctls));
+        s->close_reason = "client certificate error";
+        s->proto->bye(s, "SSL certificate error");
+        session_quit(s);
+        return;
+    }
     if (!s->starttls) {
         session_ready(s);
         return;
@@ -354,6 +425,10 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         s->client_reading = false;
         return;
     }
+    if (nread < 0 && s->phase == PHASE_PROXY_HEADER) {
+        session_close(s, "client closed connection before its PROXY header");
+        return;
+    }
     if (nread == UV_EOF && s->ctls && s->tls_active && client_decrypt(s) < 0)
         return; /* the last records before the EOF are plaintext too */
     if (nread == UV_EOF && s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
@@ -381,6 +456,10 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     }
     s->cin.len += (size_t)nread;
+    if (s->phase == PHASE_PROXY_HEADER) {
+        proxy_header_input(s);
+        return;
+    }
     if (s->phase == PHASE_PREAUTH) {
         if (!s->proto_timer)
             session_set_timeout(s, s->cfg->timeout);
@@ -631,6 +710,10 @@ static void on_timeout(uv_timer_t *t)
     switch (s->phase) {
     case PHASE_CLOSING:
         return;
+    case PHASE_PROXY_HEADER:
+        session_log(s, LL_INFO, "no PROXY protocol header in time");
+        session_close(s, "PROXY header timed out");
+        return;
     case PHASE_TLS_HANDSHAKE:
         session_log(s, LL_INFO, "TLS handshake timed out");
         session_close(s, "TLS handshake timed out");
@@ -767,6 +850,8 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
         uv_timer_stop(&s->timer);
         if (outcome == HOOK_CONTINUE) {
             start_protocol(s);
+            if (s->phase == PHASE_PREAUTH && s->cin.len > 0) /* sent while the hook ran */
+                process_input(s);
         } else if (outcome == HOOK_UPSTREAMS) {
             s->upstreams = ups;
             s->nupstreams = nups;

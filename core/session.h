@@ -21,6 +21,7 @@ struct tls_conn;
 
 /* Which phase the connection is in; each installs its own behaviour. */
 typedef enum {
+    PHASE_PROXY_HEADER,  /* waiting for a load balancer's PROXY header */
     PHASE_TLS_HANDSHAKE, /* implicit TLS, or after STARTTLS */
     PHASE_CONNECT_HOOK,  /* on_connect runs */
     PHASE_PREAUTH,       /* protocol talks to the client */
@@ -56,6 +57,7 @@ typedef struct upstream {
     char *certificate, *key; /* a client certificate for the upstream, PEM files */
     char *auth;              /* mechanism to log in upstream with, NULL: the protocol picks */
     int xclient;             /* SMTP XCLIENT: -1 the listener's default, 0 no, 1 yes */
+    int proxy_protocol;      /* 0, or the PROXY protocol version (1, 2) to send first */
 } upstream_t;
 
 /* A refusal from the policy (or from the core when something failed). */
@@ -81,7 +83,9 @@ typedef struct session {
     uv_timer_t timer;             /* the current phase's timeout */
     int handles;                  /* open uv handles; freed at zero */
     char client_ip[64], local_ip[64];
-    int client_port, local_port;
+    int client_port, local_port;  /* from the PROXY header when the listener takes one */
+    bool proxied;                 /* a PROXY header gave the addresses above */
+    char peer_ip[64];             /* then: the balancer's own address */
 
     struct tls_conn *ctls;        /* TLS towards the client, when on */
     bool tls_active;              /* its handshake is done */

@@ -10,6 +10,8 @@
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
 #include <mbedtls/md.h>
+#include <mbedtls/oid.h>
+#include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/ssl_cache.h>
@@ -616,4 +618,123 @@ bool tls_peer_cert(const tls_conn_t *t, char *subject, size_t sl, char *issuer, 
     for (int i = 0; i < 32 && n + 3 < fl; i++)
         n += (size_t)snprintf(fingerprint + n, fl - n, "%s%02X", i ? ":" : "", d[i]);
     return true;
+}
+
+/* One attribute value, escaped as RFC 2253 (and OpenSSL's
+ * XN_FLAG_RFC2253, which also escapes bytes outside printable ASCII). */
+static size_t dn_escape(char *out, size_t room, const unsigned char *v, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len && n + 4 < room; i++) {
+        unsigned char c = v[i];
+        bool special = strchr(",+\"\\<>;", c) != NULL || (i == 0 && (c == '#' || c == ' ')) ||
+                       (i == len - 1 && c == ' ');
+        if (c < 0x20 || c >= 0x7F)
+            n += (size_t)snprintf(out + n, room - n, "\\%02X", c);
+        else if (special && c)
+            n += (size_t)snprintf(out + n, room - n, "\\%c", c);
+        else
+            out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    return n;
+}
+
+/* RFC 2253: the RDNs in reverse order, "," between them, "+" inside a
+ * multi-valued one. mbedTLS keeps them in certificate order, with
+ * next_merged set on all but the last attribute of a multi-valued RDN. */
+static void dn_rfc2253(char *out, size_t room, const mbedtls_x509_name *dn)
+{
+    const mbedtls_x509_name *attr[64];
+    int n = 0;
+    for (const mbedtls_x509_name *a = dn; a && n < 64; a = a->next)
+        if (a->oid.p)
+            attr[n++] = a;
+    size_t len = 0;
+    out[0] = '\0';
+    int end = n;
+    while (end > 0 && len + 8 < room) {
+        int start = end - 1; /* find the first attribute of the last RDN */
+        while (start > 0 && attr[start - 1]->next_merged)
+            start--;
+        if (len)
+            out[len++] = ',';
+        for (int i = start; i < end && len + 8 < room; i++) {
+            if (i > start)
+                out[len++] = '+';
+            const char *name = NULL;
+            char oid[64];
+            if (mbedtls_oid_get_attr_short_name(&attr[i]->oid, &name) != 0) {
+                mbedtls_oid_get_numeric_string(oid, sizeof oid, &attr[i]->oid);
+                name = oid;
+            }
+            len += (size_t)snprintf(out + len, room - len, "%s=", name);
+            if (len + 8 >= room)
+                break;
+            len += dn_escape(out + len, room - len, attr[i]->val.p, attr[i]->val.len);
+        }
+        end = start;
+    }
+    if (len >= room)
+        len = room - 1;
+    out[len] = '\0';
+}
+
+bool tls_peer_nginx(const tls_conn_t *t, tls_peer_nginx_t *out)
+{
+    memset(out, 0, sizeof *out);
+    const mbedtls_x509_crt *crt = mbedtls_ssl_get_peer_cert(&t->ssl);
+    if (!crt) {
+        snprintf(out->verify, sizeof out->verify, "NONE");
+        return false;
+    }
+    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
+    if (flags == 0) {
+        snprintf(out->verify, sizeof out->verify, "SUCCESS");
+    } else {
+        char info[512] = "";
+        mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
+        info[strcspn(info, "\n")] = '\0'; /* the first reason */
+        snprintf(out->verify, sizeof out->verify, "FAILED:%.190s", info);
+    }
+    dn_rfc2253(out->subject, sizeof out->subject, &crt->subject);
+    dn_rfc2253(out->issuer, sizeof out->issuer, &crt->issuer);
+    const unsigned char *sp = crt->serial.p;
+    size_t sl = crt->serial.len;
+    while (sl > 1 && sp[0] == 0) { /* the DER sign byte is not part of the number */
+        sp++;
+        sl--;
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < sl && n + 3 <= sizeof out->serial; i++)
+        n += (size_t)snprintf(out->serial + n, sizeof out->serial - n, "%02X", sp[i]);
+    unsigned char d[20];
+    mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA1), crt->raw.p, crt->raw.len, d);
+    for (int i = 0; i < 20; i++)
+        snprintf(out->fingerprint + 2 * i, 3, "%02x", d[i]);
+    size_t pemlen = 0;
+    mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n", crt->raw.p,
+                             crt->raw.len, NULL, 0, &pemlen);
+    out->pem = malloc(pemlen + 1);
+    if (out->pem && mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n",
+                                             crt->raw.p, crt->raw.len, (unsigned char *)out->pem, pemlen + 1,
+                                             &pemlen) != 0) {
+        free(out->pem);
+        out->pem = NULL;
+    }
+    return true;
+}
+
+bool tls_peer_cert_failed(const tls_conn_t *t)
+{
+    return mbedtls_ssl_get_peer_cert(&t->ssl) && mbedtls_ssl_get_verify_result(&t->ssl) != 0;
+}
+
+const char *tls_peer_verify_error(const tls_conn_t *t)
+{
+    static char info[512];
+    info[0] = '\0';
+    mbedtls_x509_crt_verify_info(info, sizeof info, "", mbedtls_ssl_get_verify_result(&t->ssl));
+    info[strcspn(info, "\n")] = '\0';
+    return info;
 }

@@ -77,6 +77,24 @@ const char *tls_cipher(const tls_conn_t *t);
 bool tls_peer_cert(const tls_conn_t *t, char *subject, size_t sl, char *issuer, size_t il, char *serial, size_t srl,
                    char *fingerprint, size_t fl);
 
+/* The client certificate as nginx's auth_http reports it (server side,
+ * a listener that asks for certificates): verify is "SUCCESS", "NONE"
+ * or "FAILED:<reason>"; when a certificate was sent, subject and issuer
+ * in RFC 2253 form, serial in upper-case hex, the SHA-1 fingerprint in
+ * lower-case hex and *pem (malloc'd, the caller frees) are filled and
+ * true is returned. */
+typedef struct tls_peer_nginx {
+    char verify[200];
+    char subject[512], issuer[512];
+    char serial[160];
+    char fingerprint[41];
+    char *pem;
+} tls_peer_nginx_t;
+bool tls_peer_nginx(const tls_conn_t *t, tls_peer_nginx_t *out);
+/* The client sent a certificate that did not verify (optional mode). */
+bool tls_peer_cert_failed(const tls_conn_t *t);
+const char *tls_peer_verify_error(const tls_conn_t *t); /* its first reason, static storage */
+
 const char *tls_library_version(void);
 
 #endif

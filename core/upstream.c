@@ -5,6 +5,7 @@
 #include "upstream.h"
 
 #include "log.h"
+#include "proxy_proto.h"
 #include "session.h"
 #include "tls.h"
 
@@ -267,13 +268,21 @@ static void up_connected(uv_connect_t *req, int status)
     uv_tcp_nodelay(&up->tcp, 1);
     uv_read_start((uv_stream_t *)&up->tcp, up_alloc, up_read);
     session_log(s, LL_DEBUG, "connected to upstream");
+    const upstream_t *u = session_upstream(s);
+    if (u->proxy_protocol) { /* first on the wire, before TLS: the upstream learns the client's address */
+        char *hdr = malloc(PROXY_HEADER_OUT_MAX);
+        size_t n = proxy_format(u->proxy_protocol, s->client_ip, s->client_port, s->local_ip, s->local_port, hdr);
+        write_raw(s, hdr, n);
+        if (s->phase != PHASE_UPSTREAM || s->up != up)
+            return;
+    }
     if (s->splice) {
         session_upstream_ready(s, NULL, 0);
         return;
     }
     /* The login gets the pre-auth `timeout`, as in nginx. */
     session_set_timeout(s, s->cfg->timeout);
-    if (session_upstream(s)->tls == 1) { /* implicit TLS: the protocol starts after the handshake */
+    if (u->tls == 1) { /* implicit TLS: the protocol starts after the handshake */
         start_tls(s);
         return;
     }

@@ -126,7 +126,7 @@ local function session_pids(sid)
   return pids
 end
 
-local function wait_greeting(port, deadline, pid)
+local function wait_greeting(port, deadline, pid, haproxy)
   while socket.gettime() < deadline do
     if pid and not alive(pid) then
       return false, "dovecot exited"
@@ -134,6 +134,7 @@ local function wait_greeting(port, deadline, pid)
     local c = socket.tcp()
     c:settimeout(1)
     if c:connect("127.0.0.1", port) then
+      if haproxy then c:send("PROXY UNKNOWN\r\n") end
       local line = c:receive("*l")
       c:close()
       if line and line:match("^%* OK") then
@@ -195,6 +196,7 @@ local function conf_text(o)
   add("default_login_user = dovenull")
   add("mail_location = maildir:~/Maildir")
   add("login_trusted_networks =")
+  if o.haproxy then add("haproxy_trusted_networks = 127.0.0.0/8") end
   add("shutdown_clients = yes")
   add("verbose_proctitle = yes")
   add("auth_verbose = yes")
@@ -218,6 +220,7 @@ local function conf_text(o)
   add("  inet_listener imap {")
   add("    address = 127.0.0.1")
   add("    port = " .. o.imap_port)
+  if o.haproxy then add("    haproxy = yes") end
   add("  }")
   add("  inet_listener imaps {")
   if o.imaps_port then
@@ -295,6 +298,7 @@ end
 --   users = { name = "password", ... }  (default { alice = "secret" })
 --   pop3  = true                         also listen for POP3
 --   debug = true                         auth_debug/mail_debug in the log
+--   haproxy = true                       the IMAP listener wants a PROXY header (v1 or v2)
 --   auth_failure_delay = "2 secs"        default 0 (fast failing specs)
 --   ssl   = { cert = PEM, key = KEY }   TLS: STARTTLS/STLS, imaps, pop3s
 --   keep  = true                         don't remove dir on stop
@@ -363,6 +367,7 @@ function _M.start(opts)
       ssl = opts.ssl,
       debug = opts.debug,
       auth_failure_delay = opts.auth_failure_delay,
+      haproxy = opts.haproxy,
     })
     d.conf = conf
     d.log = dir .. "/dovecot.log"
@@ -375,7 +380,7 @@ function _M.start(opts)
     d.pid = tonumber(out:match("%d+"))
     assert(d.pid, "could not start dovecot")
 
-    local up, why = wait_greeting(d.imap_port, socket.gettime() + START_TIMEOUT, d.pid)
+    local up, why = wait_greeting(d.imap_port, socket.gettime() + START_TIMEOUT, d.pid, opts.haproxy)
     if not up then
       error(why .. "\n--- dovecot.log ---\n" .. read_tail(d.log)
         .. "\n--- stdout/stderr ---\n" .. read_tail(dir .. "/stdout.log"), 0)
