@@ -221,13 +221,13 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
     }
     case SASL_LOGIN:
         if (sa->step == 0) {
-            if (n == 0) {
-                rc = SASL_BAD_MESSAGE;
-                break;
-            }
+            /* an empty user name still gets the password prompt, so the
+             * client's next line is not taken for a command; it fails then */
             set(&cred->user, msg, n);
             sa->step = 1;
             rc = challenge_text(challenge, chlen, "Password:");
+        } else if (!cred->user || !cred->user[0]) {
+            rc = SASL_BAD_MESSAGE;
         } else {
             set(&cred->password, msg, n);
         }

@@ -790,15 +790,22 @@ void session_authenticate(session_t *s)
 /* After a refusal the client may try again, up to max_login_attempts. */
 static void back_to_preauth(session_t *s)
 {
+    /* SMTP without AUTH asks the policy per recipient: a refused
+     * recipient is not a failed login, and an MX must not drop a
+     * transaction for a few unknown addresses (its valid recipients would
+     * be deferred). Those get the envelope's own, larger limit. */
+    bool envelope = s->cred.mechanism && strcmp(s->cred.mechanism, "none") == 0;
+    int limit = envelope ? ENVELOPE_MAX_RCPT : s->cfg->max_login_attempts;
     session_reset_credentials(s);
     upstreams_free(s->upstreams, s->nupstreams);
     s->upstreams = NULL;
     s->nupstreams = s->upstream_idx = 0;
     s->upstream_name[0] = '\0';
-    if (s->login_attempt >= s->cfg->max_login_attempts) {
-        session_log(s, LL_INFO, "client reached max_login_attempts (%d)", s->cfg->max_login_attempts);
-        s->close_reason = "too many failed logins";
-        s->proto->bye(s, "Too many failed login attempts");
+    if (s->login_attempt >= limit) {
+        session_log(s, LL_INFO, envelope ? "client reached %d refused recipients" : "client reached max_login_attempts (%d)",
+                    limit);
+        s->close_reason = envelope ? "too many refused recipients" : "too many failed logins";
+        s->proto->bye(s, envelope ? "Too many refused recipients" : "Too many failed login attempts");
         session_quit(s);
         return;
     }

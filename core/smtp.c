@@ -40,7 +40,11 @@ typedef struct smtp_state {
     int umech;
     char *pending[2];
     int npending, next_pending;
+    char *ucont;                 /* the continuation lines ("550-...") of the upstream reply being read */
+    size_t ucont_len;
 } smtp_state_t;
+
+#define SMTP_UCONT_MAX 4096       /* continuation lines kept to pass on; more are dropped */
 
 static smtp_state_t *st_of(session_t *s)
 {
@@ -59,6 +63,13 @@ static void smtp_cleanup(session_t *s)
     smtp_state_t *st = st_of(s);
     free(st->oauth_failure);
     free_pending(st);
+    free(st->ucont);
+}
+
+/* The upstream's reply whose last line is `line`, whole, for the client. */
+static char *upstream_reply_text(const smtp_state_t *st, const char *line, size_t len)
+{
+    return str_printf("%.*s%.*s\r\n", (int)st->ucont_len, st->ucont ? st->ucont : "", (int)len, line);
 }
 
 static bool auth_required(const session_t *s)
@@ -225,7 +236,10 @@ static void command(session_t *s, char *line, size_t len)
     size_t al = len - (size_t)(arg - line);
 
     if (is_verb(line, vl, "EHLO") || is_verb(line, vl, "HELO")) {
-        if (al == 0 || al > 255 || memchr(arg, ' ', al)) {
+        bool ctl = false; /* a bare CR, a TAB...: no domain has them, and the name is replayed upstream */
+        for (size_t i = 0; i < al; i++)
+            ctl |= (unsigned char)arg[i] < 0x21 || arg[i] == 0x7f;
+        if (al == 0 || al > 255 || ctl) {
             syntax(s, is_verb(line, vl, "EHLO") ? "Syntax: EHLO hostname" : "Syntax: HELO hostname");
             return;
         }
@@ -357,11 +371,11 @@ static void command(session_t *s, char *line, size_t len)
         if (al)
             syntax(s, "STARTTLS takes no parameters");
         else
-            session_printf(s, s->ctls ? "503 5.5.1 TLS already active\r\n" : "454 4.7.0 TLS not available\r\n");
+            session_printf(s, s->ctls ? "503 5.5.1 TLS already active\r\n" : "502 5.5.1 STARTTLS not available\r\n");
     } else if (is_verb(line, vl, "VRFY")) {
         session_printf(s, "252 2.5.2 Cannot VRFY user\r\n");
     } else {
-        session_printf(s, "502 5.5.2 Error: command not recognized\r\n");
+        session_printf(s, "500 5.5.1 Invalid command\r\n");
         session_error(s);
     }
 }
@@ -594,10 +608,13 @@ static void parse_ehlo_line(smtp_state_t *st, const char *kw, size_t len)
 static void upstream_refused(session_t *s, const char *line, size_t len)
 {
     session_log(s, LL_INFO, "upstream refused: \"%.*s\"", (int)(len > 200 ? 200 : len), line);
-    if (len < 4)
+    if (len < 4) {
         session_printf(s, "535 5.7.8 Authentication failed\r\n");
-    else
-        session_printf(s, "%.*s\r\n", (int)len, line);
+    } else { /* every line of it: a 550 often explains itself over several */
+        char *reply = upstream_reply_text(st_of(s), line, len);
+        session_write(s, reply, strlen(reply));
+        free(reply);
+    }
     free_pending(st_of(s));
     st_of(s)->state = C_COMMAND;
     if (none_mode(s) && s->env.nrcpt > 0)
@@ -683,7 +700,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
     case U_RCPT: {
         /* the upstream's answer to the client's RCPT, whatever it is; the
          * rest of the transaction goes straight through */
-        char *reply = str_printf("%.*s\r\n", (int)len, line);
+        char *reply = upstream_reply_text(st, line, len);
         session_upstream_ready(s, reply, strlen(reply));
         free(reply);
         return;
@@ -708,8 +725,16 @@ static void smtp_upstream_input(session_t *s)
         }
         if (st->ustate == U_EHLO || st->ustate == U_XCLIENT_EHLO)
             parse_ehlo_line(st, line + 4 < line + ll ? line + 4 : line + ll, ll > 4 ? ll - 4 : 0);
-        if (ll == 3 || line[3] == ' ')
+        if (ll == 3 || line[3] == ' ') {
             upstream_reply(s, code, line, ll);
+            st->ucont_len = 0;
+        } else if (st->ucont_len + ll + 2 <= SMTP_UCONT_MAX) {
+            if (!st->ucont)
+                st->ucont = malloc(SMTP_UCONT_MAX);
+            memcpy(st->ucont + st->ucont_len, line, ll);
+            memcpy(st->ucont + st->ucont_len + ll, "\r\n", 2);
+            st->ucont_len += ll + 2;
+        }
         free(line);
     }
 }
