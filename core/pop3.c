@@ -487,6 +487,7 @@ const proto_t proto_pop3 = {
     .default_auth = AUTH_USER | AUTH_PLAIN,
     .allowed_auth = AUTH_USER | AUTH_APOP | AUTH_PLAIN | AUTH_LOGIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_EXTERNAL,
     .state_size = sizeof(pop3_state_t),
+    .silent_timeout = true,
     .capabilities = pop3_capabilities,
     .start = pop3_start,
     .client_input = pop3_client_input,

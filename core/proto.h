@@ -1,9 +1,10 @@
 /* proto.h: the one interface between the session and a mail protocol.
- * Each protocol (imap.c, later pop3.c and smtp.c) exports one constant
+ * Each protocol (imap.c, pop3.c, smtp.c) exports one constant
  * descriptor; session.c never switches on the protocol. */
 #ifndef POSTERN_PROTO_H
 #define POSTERN_PROTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 struct session;
@@ -15,6 +16,7 @@ typedef struct proto {
     unsigned default_auth;         /* AUTH_* offered when the listener names none */
     unsigned allowed_auth;         /* AUTH_* this protocol can speak */
     size_t state_size;             /* bytes of per-session protocol state */
+    bool silent_timeout;           /* close an idle client without a word (POP3: RFC 1939 §3) */
 
     /* Build the listener's pre-auth capability string (malloc'd) from the
      * configured list (NULL: the protocol's default) and the auth mask;

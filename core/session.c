@@ -327,6 +327,16 @@ static void process_input(session_t *s)
         client_read_start(s);
 }
 
+/* New bytes in pre-auth. The idle timer restarts only once everything
+ * received so far made whole commands: a client that drips a line a
+ * byte at a time cannot keep its connection past `timeout`. */
+static void preauth_input(session_t *s)
+{
+    process_input(s);
+    if (s->phase == PHASE_PREAUTH && !s->quit && !s->proto_timer && s->cin.len == 0)
+        session_set_timeout(s, s->cfg->timeout);
+}
+
 /* ---- TLS towards the client ---- */
 
 static void write_raw(session_t *s, char *data, size_t len); /* takes data */
@@ -403,9 +413,8 @@ static void client_tls_input(session_t *s, const char *data, size_t len)
     if (added < 0)
         return;
     if (s->phase == PHASE_PREAUTH) {
-        if (added > 0 && !s->proto_timer)
-            session_set_timeout(s, s->cfg->timeout);
-        process_input(s);
+        if (added > 0 || s->client_eof) /* a partial TLS record is no command: the timer goes on */
+            preauth_input(s);
     } else if (s->client_eof && s->phase == PHASE_PREAUTH) {
         process_input(s);
     } else if (buf_room(&s->cin) == 0 && s->client_reading) {
@@ -461,9 +470,7 @@ static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
         return;
     }
     if (s->phase == PHASE_PREAUTH) {
-        if (!s->proto_timer)
-            session_set_timeout(s, s->cfg->timeout);
-        process_input(s);
+        preauth_input(s);
     } else if (buf_room(&s->cin) == 0) {
         /* Busy elsewhere (a hook, the upstream login): keep what came,
          * read no more until we get back to it. */
@@ -726,7 +733,8 @@ static void on_timeout(uv_timer_t *t)
         }
         session_log(s, LL_INFO, "client timed out");
         s->close_reason = "client timed out";
-        s->proto->bye(s, "Autologout; idle for too long");
+        if (!s->proto->silent_timeout)
+            s->proto->bye(s, "Autologout; idle for too long");
         session_quit(s);
         return;
     case PHASE_CONNECT_HOOK:

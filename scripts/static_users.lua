@@ -101,6 +101,12 @@ function policy.authenticate(s)
     log("info", "login refused: no user name")
     return refuse()
   end
+  if s.authzid and s.authzid ~= "" and s.authzid ~= user then
+    -- SASL PLAIN "act as someone else" (RFC 4616 section 2): nobody here
+    -- may; a policy with administrators would check its own list
+    log("info", "login refused for ", printable(user), ": may not act as ", printable(s.authzid))
+    return refuse()
+  end
   if type(password) ~= "string" then
     -- CRAM-MD5, APOP and the like: a hash cannot check their digests
     log("info", "login refused for ", printable(user), ": mechanism ",

@@ -879,6 +879,20 @@ describe("IMAP front end: pre-login timeout", function()
     assert.is_true(c:closed(3))
   end)
 
+  it("does not restart it for a command that arrives a byte at a time and never ends", function()
+    local c = greeted(proxy.port)
+    local t0 = testing.now()
+    local line = "a1 LOGIN someone-with-a-long-name and-a-long-password-that-never-ends"
+    local closed_at
+    for i = 1, #line do
+      c:send(line:sub(i, i))
+      if c:closed(0.1) then closed_at = testing.now() - t0 break end
+    end
+    assert.truthy(closed_at, "still open after dripping " .. #line .. " bytes over " .. (testing.now() - t0) .. " s")
+    assert.is_true(closed_at < 2, "closed after " .. tostring(closed_at) .. " s")
+    assert.matches("^%* BYE", c.buf)
+  end)
+
   it("also times out a client stuck in the middle of AUTHENTICATE", function()
     local c = greeted(proxy.port)
     c:send("a1 AUTHENTICATE PLAIN\r\n")
