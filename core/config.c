@@ -367,7 +367,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
             return fail(c, kp, "needs a certificate: set tls = { certificate = ..., key = ... }");
         }
         tls_server_conf_t tc = { cfg->tls_certs, cfg->ntls_certs, cfg->tls_protocols, cfg->tls_ciphers,
-                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime };
+                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime, l->proto->name };
         char err[600];
         l->tls_server = tls_server_new(&tc, err, sizeof err);
         if (!l->tls_server)

@@ -334,7 +334,9 @@ static void dispatch(session_t *s, const char *buf, const imap_command_t *cmd)
         reply(s, "OK", "Begin TLS negotiation now");
         session_starttls(s);
     } else if (IS("STARTTLS")) {
-        reply(s, "BAD", s->ctls ? "TLS is already active" : "STARTTLS is not available on this port");
+        reply(s, "BAD", s->ctls                   ? "TLS is already active"
+                        : s->listener->starttls ? "STARTTLS takes no arguments"
+                                                : "STARTTLS is not available on this port");
     } else if (IS("CAPABILITY") || IS("NOOP") || IS("LOGOUT")) {
         reply(s, "BAD", "This command takes no arguments");
         session_error(s);

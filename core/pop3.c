@@ -255,7 +255,9 @@ static void command(session_t *s, char *line, size_t len)
         int rc = sasl_begin(&st->sasl, mech, ir, irl, s->cfg->server_name, &s->cred, challenge, sizeof challenge);
         sasl_result(s, rc, challenge);
     } else if (is_word(line, vl, "STLS")) {
-        session_printf(s, s->ctls ? "-ERR TLS is already active\r\n" : "-ERR STLS is not available on this port\r\n");
+        session_printf(s, s->ctls                   ? "-ERR TLS is already active\r\n"
+                          : s->listener->starttls ? "-ERR STLS takes no arguments\r\n"
+                                                  : "-ERR STLS is not available on this port\r\n");
     } else {
         unknown(s, "Unknown command or not allowed before login");
     }

@@ -130,7 +130,7 @@ int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *s
 
 /* "user=U^Aauth=Bearer T^A^A" (XOAUTH2) and, after the GS2 header,
  * "^Aauth=Bearer T^A...^A^A" (OAUTHBEARER, RFC 7628 §3.1). */
-static int parse_bearer_kv(const char *p, const char *end, credentials_t *cred)
+static int parse_bearer_kv(const char *p, const char *end, credentials_t *cred, bool need_user)
 {
     const char *token = NULL;
     size_t tlen = 0;
@@ -148,8 +148,13 @@ static int parse_bearer_kv(const char *p, const char *end, credentials_t *cred)
         if (p < end && *p == '\x01')
             break;
     }
-    if (!token || tlen == 0 || !cred->user || !cred->user[0])
+    if (!token || tlen == 0)
         return -1;
+    if (!cred->user || !cred->user[0]) {
+        if (need_user)
+            return -1;
+        set(&cred->user, "", 0); /* the policy finds the user from the token */
+    }
     set(&cred->password, token, tlen);
     return 0;
 }
@@ -185,7 +190,8 @@ static int oauthbearer(const char *msg, size_t n, credentials_t *cred)
     p = comma + 1;
     if (p >= end || *p != '\x01')
         return -1;
-    return parse_bearer_kv(p + 1, end, cred);
+    /* RFC 7628 3.1: the authzid is optional */
+    return parse_bearer_kv(p + 1, end, cred, false);
 }
 
 int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, char *challenge, size_t chlen)
@@ -246,7 +252,7 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
         break;
     }
     case SASL_XOAUTH2:
-        if (parse_bearer_kv(msg, msg + n, cred) < 0)
+        if (parse_bearer_kv(msg, msg + n, cred, true) < 0)
             rc = SASL_BAD_MESSAGE;
         break;
     case SASL_OAUTHBEARER:
@@ -352,7 +358,9 @@ char *sasl_oauthbearer_message(const char *user, const char *token)
             *e++ = *u;
     }
     *e = '\0';
-    char *r = b64_of_printf("n,a=%s,\x01" "auth=Bearer %s\x01\x01", esc, token);
+    /* an empty user: no authzid, "n,," (the token says who) */
+    char *r = b64_of_printf(*esc ? "n,a=%s,\x01" "auth=Bearer %s\x01\x01" : "n,%s,\x01" "auth=Bearer %s\x01\x01", esc,
+                            token);
     free(esc);
     return r;
 }

@@ -49,6 +49,8 @@ struct tls_server {
     mbedtls_ssl_cache_context cache;
     mbedtls_ssl_ticket_context ticket;
     int *ciphers;
+    char alpn_id[16];
+    const char *alpn[2];      /* mbedTLS keeps a pointer to this list */
 };
 
 /* A client certificate to show upstreams, with its own configs. */
@@ -217,6 +219,15 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
                                     MBEDTLS_SSL_PRESET_DEFAULT) != 0) {
         snprintf(err, errlen, "cannot set up TLS");
         goto bad;
+    }
+    if (c->alpn) {
+        /* ALPACA (cross-protocol attacks): a client that asks for another
+         * protocol by ALPN gets a no_application_protocol alert, as from
+         * nginx; a client that sends no ALPN is served */
+        snprintf(s->alpn_id, sizeof s->alpn_id, "%s", c->alpn);
+        s->alpn[0] = s->alpn_id;
+        s->alpn[1] = NULL;
+        mbedtls_ssl_conf_alpn_protocols(&s->conf, s->alpn);
     }
     mbedtls_ssl_conf_rng(&s->conf, mbedtls_ctr_drbg_random, &drbg);
     /* TLS 1.2 at least: 2.28's default minimum is TLS 1.0 */

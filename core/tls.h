@@ -27,6 +27,7 @@ typedef struct tls_server_conf {
     const char *client_ca;         /* verify client certificates against this CA file */
     int verify_client;             /* 0 off, 1 optional, 2 required */
     double ticket_lifetime;        /* session tickets; keys rotate every lifetime */
+    const char *alpn;              /* the protocol's ALPN id ("imap"); a client offering only others is refused */
 } tls_server_conf_t;
 
 enum { TLS_OK = 0, TLS_AGAIN = -1, TLS_EOF = -2, TLS_ERROR = -3 };

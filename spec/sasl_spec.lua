@@ -433,6 +433,18 @@ for _, P in ipairs(sp.order) do
         end
       end)
 
+      it("takes a message without an authzid (\"n,,\", RFC 7628 3.1): the policy gets user \"\" and names the user", function()
+        local mark = #good:lines()
+        local c = connect()
+        local final = exchange(c, "OAUTHBEARER", b64("n,,\1auth=Bearer good-token\1\1"))
+        assert.matches(P.ok, final)
+        local call = policy_calls(c)[1]
+        assert.equal("", call.user)
+        assert.equal("good-token", call.password)
+        assert.same({ { user = "token-owner", password = "good-token", mechanism = "oauthbearer" } },
+          logins_since(good, mark))
+      end)
+
       it("decodes =2C and =3D in the a= name (RFC 5801) and keeps the name upstream", function()
         local mark = #good:lines()
         local c = connect()

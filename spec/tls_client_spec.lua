@@ -833,6 +833,47 @@ describe("TLS towards clients #tls", function()
     end)
   end)
 
+  -- ---- ALPN (ALPACA cross-protocol attacks) ------------------------------------------
+
+  describe("ALPN", function()
+    local function s_client(args)
+      local q = {}
+      for i, a in ipairs(args) do q[i] = shell.quote(a) end
+      local h = io.popen("timeout 10 openssl s_client " .. table.concat(q, " ") .. " </dev/null 2>&1")
+      local out = h:read("*a")
+      h:close()
+      return out
+    end
+
+    for _, case in ipairs { { "imaps", "imap" }, { "pop3s", "pop3" }, { "smtps", "smtp" } } do
+      local listener, id = case[1], case[2]
+      it(listener .. ": a client asking for http/1.1 is refused (no_application_protocol), one asking for " .. id
+        .. " gets it, one without ALPN is served", function()
+        local base = { "-connect", "127.0.0.1:" .. port[listener], "-CAfile", C.ca, "-servername", "mail.test" }
+        local function with(extra)
+          local a = {}
+          for _, x in ipairs(base) do a[#a + 1] = x end
+          for _, x in ipairs(extra) do a[#a + 1] = x end
+          return s_client(a)
+        end
+        local wrong = with { "-alpn", "http/1.1" }
+        assert.matches("no application protocol", wrong)
+        assert.not_matches("\nNew, TLSv1%.2", wrong)
+        local right = with { "-alpn", "h2," .. id }
+        assert.matches("ALPN protocol: " .. id, right)
+        local none = with {}
+        assert.matches("No ALPN negotiated", none)
+        assert.matches("\nNew, TLSv1%.2", none)
+      end)
+    end
+
+    it("STARTTLS is checked the same way", function()
+      local out = s_client { "-connect", "127.0.0.1:" .. port.imap_on, "-CAfile", C.ca, "-starttls", "imap",
+                             "-alpn", "smtp" }
+      assert.matches("no application protocol", out)
+    end)
+  end)
+
   -- ---- client certificates ----------------------------------------------------------
 
   describe("client certificates", function()

@@ -406,6 +406,12 @@ static void test_oauthbearer(void)
         CHECK(rc == SASL_BAD_MESSAGE || (rc == SASL_DONE && cr.user && strlen(cr.user) == 1500));
     }
 
+    /* no authzid (RFC 7628 3.1: optional): the user is "", the policy reads the token */
+    CHECK_INT(begin(&sa, SASL_OAUTHBEARER, B64("n,,\1auth=Bearer tok\1\1"), &cr), SASL_DONE);
+    CHECK(STR_EQ(cr.user, "") && STR_EQ(cr.password, "tok"));
+    /* XOAUTH2 has no such form: user= is required */
+    CHECK_INT(begin(&sa, SASL_XOAUTH2, B64("auth=Bearer tok\1\1"), &cr), SASL_BAD_MESSAGE);
+
     /* bad GS2 headers and messages */
     static const struct { const char *msg; size_t len; } bad[] = {
 #define M(lit) { lit, sizeof(lit) - 1 }
@@ -570,6 +576,7 @@ static void test_client_response(void)
                    "n,a=alice@example.com,\1auth=Bearer ya29.tok\1\1");
     /* RFC 5801 saslname: "," and "=" are escaped, the name is kept */
     CHECK_RESPONSE(SASL_OAUTHBEARER, "cn=alice,dc=example", "tok", "n,a=cn=3Dalice=2Cdc=3Dexample,\1auth=Bearer tok\1\1");
+    CHECK_RESPONSE(SASL_OAUTHBEARER, "", "tok", "n,,\1auth=Bearer tok\1\1"); /* no user: no authzid */
 
     char *p = sasl_plain_message("bob", "pw");
     CHECK(STR_EQ(p, "AGJvYgBwdw=="));

@@ -294,6 +294,8 @@ return {
     if user == "upstream-refuses" then return to(r.refuse) end
     if s.mechanism == "xoauth2" or s.mechanism == "oauthbearer" then
       if s.password == "good-token" then
+        -- OAUTHBEARER without an authzid: the token says who (here, always token-owner)
+        if user == "" then return to(r.good, { user = "token-owner" }) end
         return to(user == "no-sasl-ir" and r.no_ir or r.good)
       end
       return nil, "Invalid token"
