@@ -220,7 +220,7 @@ static void sasl_result(session_t *s, int rc, const char *challenge)
         reply(s, "BAD", "This mechanism takes no initial response");
         session_error(s);
         return;
-    default:
+    default: /* BAD, as nginx ("invalid command"); Dovecot says NO: RFC 9051 6.2.2 allows either reading */
         st->state = C_COMMAND;
         reply(s, "BAD", "Invalid SASL message");
         session_error(s);
