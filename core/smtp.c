@@ -227,6 +227,41 @@ static char *path_address(const char *arg, size_t al, const char *prefix)
     return strndup(p + 1, (size_t)(gt - p - 1));
 }
 
+/* The limit this listener advertises ("SIZE n" in EHLO), 0 for none. */
+static unsigned long long advertised_size(const session_t *s)
+{
+    for (const char *c = session_capabilities(s); *c;) {
+        const char *nl = strchr(c, '\n');
+        size_t l = nl ? (size_t)(nl - c) : strlen(c);
+        if (l > 5 && strncasecmp(c, "SIZE ", 5) == 0)
+            return strtoull(c + 5, NULL, 10);
+        c += l + (nl ? 1 : 0);
+    }
+    return 0;
+}
+
+/* MAIL FROM's SIZE= parameter (RFC 1870) against the advertised limit:
+ * 0 fine or absent, 1 too big, -1 not a number. */
+static int mail_size_check(const session_t *s, const char *arg, size_t al)
+{
+    const char *gt = memchr(arg, '>', al);
+    if (!gt)
+        return 0;
+    for (const char *p = gt + 1; p < arg + al; p++) {
+        if (*p != ' ' || arg + al - (p + 1) < 5 || strncasecmp(p + 1, "SIZE=", 5) != 0)
+            continue;
+        const char *v = p + 6, *e = v;
+        unsigned long long n = 0;
+        while (e < arg + al && *e >= '0' && *e <= '9' && e - v < 19)
+            n = n * 10 + (unsigned long long)(*e++ - '0');
+        if (e == v || (e < arg + al && *e != ' '))
+            return -1;
+        unsigned long long limit = advertised_size(s);
+        return limit && n > limit ? 1 : 0;
+    }
+    return 0;
+}
+
 static void command(session_t *s, char *line, size_t len)
 {
     smtp_state_t *st = st_of(s);
@@ -311,6 +346,15 @@ static void command(session_t *s, char *line, size_t len)
         if (!addr || al > SMTP_MAX_ARG) {
             free(addr);
             syntax(s, "Syntax: MAIL FROM:<address>");
+            return;
+        }
+        int size_check = mail_size_check(s, arg, al);
+        if (size_check != 0) {
+            free(addr);
+            if (size_check < 0)
+                syntax(s, "Syntax: SIZE=number");
+            else
+                session_printf(s, "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
             return;
         }
         free(s->env.mail_from);
