@@ -595,6 +595,10 @@ void session_quit(session_t *s)
         uv_read_stop((uv_stream_t *)&s->client);
         s->client_reading = false;
     }
+    if (s->ctls && s->tls_active) { /* a clean TLS end (close_notify) after the last words */
+        tls_close_notify(s->ctls);
+        flush_tls(s);
+    }
     if (s->client_queued == 0)
         session_close(s, s->close_reason ? s->close_reason : "closed by server");
 }

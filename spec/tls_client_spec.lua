@@ -867,6 +867,15 @@ describe("TLS towards clients #tls", function()
       end)
     end
 
+    it("LOGOUT on a TLS connection ends with close_notify, not a bare TCP close (openssl: no unexpected eof)", function()
+      local h = io.popen("printf 'a LOGOUT\\n' | timeout 10 openssl s_client -quiet -crlf -connect 127.0.0.1:"
+        .. port.imaps .. " -CAfile " .. shell.quote(C.ca) .. " -servername mail.test 2>&1")
+      local out = h:read("*a")
+      h:close()
+      assert.matches("a OK LOGOUT", out)
+      assert.not_matches("unexpected eof", out)
+    end)
+
     it("STARTTLS is checked the same way", function()
       local out = s_client { "-connect", "127.0.0.1:" .. port.imap_on, "-CAfile", C.ca, "-starttls", "imap",
                              "-alpn", "smtp" }
