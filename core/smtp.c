@@ -22,7 +22,7 @@
 #define SMTP_MAX_ARG 1024
 
 enum { C_GREETING_DELAY, C_COMMAND, C_SASL, C_OAUTH_ERROR };
-enum { U_GREETING, U_EHLO, U_STARTTLS, U_XCLIENT, U_XCLIENT_EHLO, U_AUTH, U_MAIL, U_RCPT };
+enum { U_GREETING, U_EHLO, U_HELO, U_STARTTLS, U_XCLIENT, U_XCLIENT_EHLO, U_AUTH, U_MAIL, U_RCPT };
 enum {
     UC_AUTH_PLAIN = 1 << 0, UC_AUTH_LOGIN = 1 << 1, UC_AUTH_XOAUTH2 = 1 << 2, UC_AUTH_OAUTHBEARER = 1 << 3,
     UC_XCLIENT = 1 << 4, UX_ADDR = 1 << 5, UX_NAME = 1 << 6, UX_LOGIN = 1 << 7, UX_HELO = 1 << 8,
@@ -682,12 +682,28 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
         send_line(s, str_printf("EHLO %s\r\n", s->cfg->server_name));
         return;
     case U_EHLO:
+        if (code == 500 || code == 502) { /* an old server: HELO, with no extensions (RFC 5321 4.1.4) */
+            st->ustate = U_HELO;
+            st->ucaps = 0;
+            send_line(s, str_printf("HELO %s\r\n", s->cfg->server_name));
+            return;
+        }
+        /* fall through */
     case U_XCLIENT_EHLO:
         if (code != 250) {
             snprintf(why, sizeof why, "upstream refused EHLO: \"%.*s\"", (int)(len > 100 ? 100 : len), line);
             session_upstream_failed(s, why);
             return;
         }
+        after_ehlo(s);
+        return;
+    case U_HELO:
+        if (code != 250) {
+            snprintf(why, sizeof why, "upstream refused EHLO and HELO: \"%.*s\"", (int)(len > 100 ? 100 : len), line);
+            session_upstream_failed(s, why);
+            return;
+        }
+        st->ustate = U_EHLO;
         after_ehlo(s);
         return;
     case U_STARTTLS:
