@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 #define IMAP_MAX_ARGS 64
-#define IMAP_MAX_TAG 64
+#define IMAP_MAX_TAG 128 /* RFC 9051 sets none; Dovecot takes 100, nginx 32 */
 
 enum {
     IMAP_PARSE_OK,        /* a whole command: see cmd->consumed */

@@ -30,6 +30,16 @@ int main(void)
     CHECK(arg_eq(s, &c, 0, "alice") && arg_eq(s, &c, 1, "secret"));
     CHECK_INT(c.consumed, strlen(s));
 
+    /* tags up to IMAP_MAX_TAG bytes; one more is refused */
+    char longtag[IMAP_MAX_TAG + 20];
+    memset(longtag, 'T', IMAP_MAX_TAG);
+    strcpy(longtag + IMAP_MAX_TAG, " NOOP\r\n");
+    CHECK_INT(parse(longtag, &c), IMAP_PARSE_OK);
+    CHECK_INT(c.tag_len, IMAP_MAX_TAG);
+    memset(longtag, 'T', IMAP_MAX_TAG + 1);
+    strcpy(longtag + IMAP_MAX_TAG + 1, " NOOP\r\n");
+    CHECK(parse(longtag, &c) != IMAP_PARSE_OK);
+
     s = "a2 login \"al ice\" \"p\\\"w\\\\\"\r\n"; /* quoted with \" and \\ */
     CHECK_INT(parse(s, &c), IMAP_PARSE_OK);
     CHECK(arg_eq(s, &c, 0, "al ice"));
@@ -107,10 +117,10 @@ int main(void)
     /* Limits: literal size, tag length, argument count, number overflow. */
     CHECK_INT(parse("e1 LOGIN {1001}\r\n", &c), IMAP_PARSE_TOO_BIG);
     CHECK_INT(parse("e2 LOGIN {99999999999999999999999999}\r\n", &c), IMAP_PARSE_TOO_BIG);
-    char longtag[200];
-    memset(longtag, 'a', 100);
-    strcpy(longtag + 100, " NOOP\r\n");
-    CHECK_INT(parse(longtag, &c), IMAP_PARSE_BAD);
+    char toolong[IMAP_MAX_TAG + 40];
+    memset(toolong, 'a', IMAP_MAX_TAG + 30);
+    strcpy(toolong + IMAP_MAX_TAG + 30, " NOOP\r\n");
+    CHECK_INT(parse(toolong, &c), IMAP_PARSE_BAD);
     char many[1024] = "e3 X";
     for (int i = 0; i < IMAP_MAX_ARGS + 1; i++)
         strcat(many, " a");
