@@ -16,7 +16,10 @@ typedef struct proto {
     unsigned default_auth;         /* AUTH_* offered when the listener names none */
     unsigned allowed_auth;         /* AUTH_* this protocol can speak */
     size_t state_size;             /* bytes of per-session protocol state */
-    bool silent_timeout;           /* close an idle client without a word (POP3: RFC 1939 §3) */
+    /* POP3: one reply per command, and an idle client is closed without
+     * a word (RFC 1939 §3): no `bye` after the reply that hit max_errors or
+     * max_login_attempts, nor on timeout. */
+    bool no_last_words;
 
     /* Build the listener's pre-auth capability string (malloc'd) from the
      * configured list (NULL: the protocol's default) and the auth mask;

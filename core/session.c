@@ -608,7 +608,8 @@ void session_error(session_t *s)
     if (++s->errors >= s->cfg->max_errors) {
         session_log(s, LL_INFO, "client sent too many invalid commands");
         s->close_reason = "too many invalid commands";
-        s->proto->bye(s, "Too many invalid commands");
+        if (!s->proto->no_last_words)
+            s->proto->bye(s, "Too many invalid commands");
         session_quit(s);
     }
 }
@@ -737,7 +738,7 @@ static void on_timeout(uv_timer_t *t)
         }
         session_log(s, LL_INFO, "client timed out");
         s->close_reason = "client timed out";
-        if (!s->proto->silent_timeout)
+        if (!s->proto->no_last_words)
             s->proto->bye(s, "Autologout; idle for too long");
         session_quit(s);
         return;
@@ -817,7 +818,8 @@ static void back_to_preauth(session_t *s)
         session_log(s, LL_INFO, envelope ? "client reached %d refused recipients" : "client reached max_login_attempts (%d)",
                     limit);
         s->close_reason = envelope ? "too many refused recipients" : "too many failed logins";
-        s->proto->bye(s, envelope ? "Too many refused recipients" : "Too many failed login attempts");
+        if (!s->proto->no_last_words)
+            s->proto->bye(s, envelope ? "Too many refused recipients" : "Too many failed login attempts");
         session_quit(s);
         return;
     }

@@ -264,6 +264,7 @@ describe("POP3", function()
       c:pop3("USER alice")
       assert.matches("^%-ERR", c:pop3("PASS two"))
       assert.is_true(c:closed(3))
+      assert.equal("", c.buf)   -- one reply per command (RFC 1939): no second -ERR before the close
     end)
   end)
 
@@ -657,6 +658,7 @@ describe("POP3", function()
       assert.matches("^%-ERR", c:pop3("XYZZY"))
       assert.matches("^%-ERR", c:pop3("LIST"))
       assert.is_true(c:closed(3))
+      assert.equal("", c.buf)   -- one reply per command (RFC 1939): no second -ERR before the close
     end)
 
     it("answers STLS with -ERR where TLS is not configured", function()
