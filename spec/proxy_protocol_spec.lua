@@ -208,9 +208,10 @@ describe("an upstream with proxy_protocol", function()
 
   for _, version in ipairs { 1, 2 } do
     it("logs in to a real Dovecot with haproxy = yes, which sees the client's address (v" .. version .. ")", function()
-      local d = dovecot.start { users = { alice = "secret" }, haproxy = true }
-      finally(function() d:stop() end)
+      -- busted keeps one finally per test: the scene's stops Dovecot too (last)
       local sc = scene.new(finally)
+      local d = dovecot.start { users = { alice = "secret" }, haproxy = true }
+      sc.stops[#sc.stops + 1] = function() d:stop() end
       local p = sc:proxy { ["*"] = { host = "127.0.0.1", port = d.imap_port, proxy_protocol = version } }
       local c = testing.client { port = p.port, bind = "127.0.0.9" }
       sc.stops[#sc.stops + 1] = function() c:close() end
