@@ -415,8 +415,6 @@ static void client_tls_input(session_t *s, const char *data, size_t len)
     if (s->phase == PHASE_PREAUTH) {
         if (added > 0 || s->client_eof) /* a partial TLS record is no command: the timer goes on */
             preauth_input(s);
-    } else if (s->client_eof && s->phase == PHASE_PREAUTH) {
-        process_input(s);
     } else if (buf_room(&s->cin) == 0 && s->client_reading) {
         uv_read_stop((uv_stream_t *)&s->client);
         s->client_reading = false;

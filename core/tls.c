@@ -699,15 +699,10 @@ bool tls_peer_nginx(const tls_conn_t *t, tls_peer_nginx_t *out)
         snprintf(out->verify, sizeof out->verify, "NONE");
         return false;
     }
-    uint32_t flags = mbedtls_ssl_get_verify_result(&t->ssl);
-    if (flags == 0) {
+    if (mbedtls_ssl_get_verify_result(&t->ssl) == 0)
         snprintf(out->verify, sizeof out->verify, "SUCCESS");
-    } else {
-        char info[512] = "";
-        mbedtls_x509_crt_verify_info(info, sizeof info, "", flags);
-        info[strcspn(info, "\n")] = '\0'; /* the first reason */
-        snprintf(out->verify, sizeof out->verify, "FAILED:%.190s", info);
-    }
+    else
+        snprintf(out->verify, sizeof out->verify, "FAILED:%.190s", tls_peer_verify_error(t));
     dn_rfc2253(out->subject, sizeof out->subject, &crt->subject);
     dn_rfc2253(out->issuer, sizeof out->issuer, &crt->issuer);
     const unsigned char *sp = crt->serial.p;
@@ -723,13 +718,12 @@ bool tls_peer_nginx(const tls_conn_t *t, tls_peer_nginx_t *out)
     mbedtls_md(mbedtls_md_info_from_type(MBEDTLS_MD_SHA1), crt->raw.p, crt->raw.len, d);
     for (int i = 0; i < 20; i++)
         snprintf(out->fingerprint + 2 * i, 3, "%02x", d[i]);
-    size_t pemlen = 0;
-    mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n", crt->raw.p,
-                             crt->raw.len, NULL, 0, &pemlen);
+    static const char begin[] = "-----BEGIN CERTIFICATE-----\n", end[] = "-----END CERTIFICATE-----\n";
+    size_t pemlen = 0; /* a first call only measures */
+    mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, NULL, 0, &pemlen);
     out->pem = malloc(pemlen + 1);
-    if (out->pem && mbedtls_pem_write_buffer("-----BEGIN CERTIFICATE-----\n", "-----END CERTIFICATE-----\n",
-                                             crt->raw.p, crt->raw.len, (unsigned char *)out->pem, pemlen + 1,
-                                             &pemlen) != 0) {
+    if (out->pem &&
+        mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, (unsigned char *)out->pem, pemlen + 1, &pemlen) != 0) {
         free(out->pem);
         out->pem = NULL;
     }

@@ -7,10 +7,10 @@
 local testing = require "postern.testing"
 local certs = require "helpers.certs"
 local tls = require "helpers.tls"
+local shell = require "helpers.shell"
 
-local function sh_quote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 local function openssl_x509(path, what)
-  local h = assert(io.popen("openssl x509 -in " .. sh_quote(path) .. " -noout -nameopt RFC2253 " .. what))
+  local h = assert(io.popen("openssl x509 -in " .. shell.quote(path) .. " -noout -nameopt RFC2253 " .. what))
   local out = h:read("*a")
   h:close()
   return (out:gsub("\n$", ""))
@@ -59,20 +59,19 @@ describe("postern.auth_http on real TLS and PROXY protocol connections", functio
     if backend then backend:stop() end
   end)
 
-  local function last_request()
-    local reqs = auth:requests()
+  -- c (connected, not yet greeted) logs in and leaves; the auth server's request for it
+  local function request_for(c)
+    local before = #auth:requests()
+    c:expect("^%* OK")
+    assert.matches("^a1 OK", c:command("a1", "LOGIN alice secret"))
+    c:close()
+    local reqs = auth:wait_requests(before + 1)
     return reqs[#reqs]
   end
 
   it("sends the client certificate's fields as nginx renders them with OpenSSL", function()
-    local before = #auth:requests()
-    local c = tls.client { port = tls_port, cafile = C.ca, sni = "mail.test",
-                           certificate = C.client, key = C.client_key }
-    c:expect("^%* OK")
-    assert.matches("^a1 OK", c:command("a1", "LOGIN alice secret"))
-    c:close()
-    auth:wait_requests(before + 1)
-    local h = last_request().h
+    local h = request_for(tls.client { port = tls_port, cafile = C.ca, sni = "mail.test",
+                                       certificate = C.client, key = C.client_key }).h
     assert.equals("on", h["auth-ssl"])
     assert.equals("TLSv1.2", h["auth-ssl-protocol"])
     assert.equals("SUCCESS", h["auth-ssl-verify"])
@@ -88,13 +87,7 @@ describe("postern.auth_http on real TLS and PROXY protocol connections", functio
   end)
 
   it("sends Auth-SSL-Verify: NONE and no certificate fields for a client without one", function()
-    local before = #auth:requests()
-    local c = tls.client { port = tls_port, cafile = C.ca, sni = "mail.test" }
-    c:expect("^%* OK")
-    assert.matches("^a1 OK", c:command("a1", "LOGIN alice secret"))
-    c:close()
-    auth:wait_requests(before + 1)
-    local h = last_request().h
+    local h = request_for(tls.client { port = tls_port, cafile = C.ca, sni = "mail.test" }).h
     assert.equals("on", h["auth-ssl"])
     assert.equals("NONE", h["auth-ssl-verify"])
     assert.is_nil(h["auth-ssl-subject"])
@@ -103,14 +96,9 @@ describe("postern.auth_http on real TLS and PROXY protocol connections", functio
   end)
 
   it("sends the PROXY header's addresses as Client-IP and Proxy-Protocol-*, after Client-IP", function()
-    local before = #auth:requests()
     local c = testing.client { port = pp_port }
     c:send("PROXY TCP4 203.0.113.9 198.51.100.1 5555 143\r\n")
-    c:expect("^%* OK")
-    assert.matches("^a1 OK", c:command("a1", "LOGIN alice secret"))
-    c:close()
-    auth:wait_requests(before + 1)
-    local req = last_request()
+    local req = request_for(c)
     assert.equals("203.0.113.9", req.h["client-ip"])
     local names = {}
     for i, e in ipairs(req.headers) do names[e[1]] = i end

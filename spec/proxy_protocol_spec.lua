@@ -25,8 +25,23 @@ local function v2_tcp4(src, dst, sport, dport, tlvs)
   return V2SIG .. "\x21\x11" .. be16(#body) .. body
 end
 
--- the upstream's side of postern's IMAP login, on a raw_upstream
-local function login(up)
+-- A client bound to `bind` sends LOGIN through a postern whose upstream is
+-- a raw_upstream asking for a PROXY header of `version`; returns the
+-- client, the upstream (its connection accepted, nothing read yet) and
+-- the proxy.
+local function login_through(sc, version, bind)
+  local up = sc:raw_upstream()
+  local p = sc:proxy { ["*"] = { host = "127.0.0.1", port = up.port, proxy_protocol = version } }
+  local c = sc:client(p, { bind = bind })
+  c:send("a1 LOGIN alice secret\r\n")
+  up:accept()
+  return c, up, p
+end
+
+-- the upstream's side of the login, once the test has read the header;
+-- the client gets its tagged OK
+local function finish_login(c, up)
+  up:send("* OK upstream ready\r\n")
   for _ = 1, 3 do
     local line = up:line()
     local tag, cmd = line:match("^(%S+) (%S+)")
@@ -35,6 +50,7 @@ local function login(up)
     else
       assert.matches('^%S+ LOGIN "alice" "secret"$', line)
       up:send(tag .. " OK done\r\n")
+      assert.matches("^a1 OK", c:response())
       return
     end
   end
@@ -165,36 +181,19 @@ end)
 describe("an upstream with proxy_protocol", function()
   it("gets a v1 header with the client's address before the greeting", function()
     local sc = scene.new(finally)
-    local up = sc:raw_upstream()
-    local p = sc:proxy { ["*"] = { host = "127.0.0.1", port = up.port, proxy_protocol = 1 } }
-    local c = testing.client { port = p.port, bind = "127.0.0.6" }
-    sc.stops[#sc.stops + 1] = function() c:close() end
-    c:expect("^%* OK")
-    c:send("a1 LOGIN alice secret\r\n")
-    up:accept()
-    local header = up:line()
-    assert.matches("^PROXY TCP4 127%.0%.0%.6 127%.0%.0%.1 %d+ " .. p.port .. "$", header)
-    up:send("* OK upstream ready\r\n")
-    login(up)
-    assert.matches("^a1 OK", c:response())
+    local c, up, p = login_through(sc, 1, "127.0.0.6")
+    assert.matches("^PROXY TCP4 127%.0%.0%.6 127%.0%.0%.1 %d+ " .. p.port .. "$", up:line())
+    finish_login(c, up)
   end)
 
   it("gets a v2 header, binary, with the client's address", function()
     local sc = scene.new(finally)
-    local up = sc:raw_upstream()
-    local p = sc:proxy { ["*"] = { host = "127.0.0.1", port = up.port, proxy_protocol = 2 } }
-    local c = testing.client { port = p.port, bind = "127.0.0.7" }
-    sc.stops[#sc.stops + 1] = function() c:close() end
-    c:expect("^%* OK")
-    c:send("a1 LOGIN alice secret\r\n")
-    up:accept()
+    local c, up, p = login_through(sc, 2, "127.0.0.7")
     local header = assert(up.s:receive(28))
     assert.equals(V2SIG .. "\x21\x11\x00\x0c", header:sub(1, 16))
     assert.equals("\127\0\0\7\127\0\0\1", header:sub(17, 24))
     assert.equals(be16(p.port), header:sub(27, 28))
-    up:send("* OK upstream ready\r\n")
-    login(up)
-    assert.matches("^a1 OK", c:response())
+    finish_login(c, up)
   end)
 
   it("refuses a value other than 1 or 2 as a policy error", function()

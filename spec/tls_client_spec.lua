@@ -789,18 +789,19 @@ describe("TLS towards clients #tls", function()
     end)
   end)
 
+  -- openssl s_client with these arguments and no input: everything it printed
+  local function openssl_s_client(args)
+    local q = {}
+    for i, a in ipairs(args) do q[i] = shell.quote(a) end
+    local h = io.popen("timeout 10 openssl s_client " .. table.concat(q, " ") .. " </dev/null 2>&1")
+    local out = h:read("*a")
+    h:close()
+    return out
+  end
+
   -- ---- session resumption ---------------------------------------------------------
 
   describe("session resumption", function()
-    local function s_client(args)
-      local q = {}
-      for i, a in ipairs(args) do q[i] = shell.quote(a) end
-      local h = io.popen("timeout 10 openssl s_client " .. table.concat(q, " ") .. " </dev/null 2>&1")
-      local out = h:read("*a")
-      h:close()
-      return out
-    end
-
     local function resumes(listener, extra)
       local dir = (io.popen("mktemp -d /tmp/postern-sess.XXXXXX"):read("*l"))
       finally(function() os.execute("rm -rf " .. shell.quote(dir)) end)
@@ -810,13 +811,13 @@ describe("TLS towards clients #tls", function()
       for _, a in ipairs(base) do first[#first + 1] = a end
       first[#first + 1] = "-sess_out"
       first[#first + 1] = dir .. "/sess.pem"
-      local out1 = s_client(first)
+      local out1 = openssl_s_client(first)
       assert.matches("\nNew, TLSv1%.2", out1)
       local second = {}
       for _, a in ipairs(base) do second[#second + 1] = a end
       second[#second + 1] = "-sess_in"
       second[#second + 1] = dir .. "/sess.pem"
-      local out2 = s_client(second)
+      local out2 = openssl_s_client(second)
       assert.matches("\nReused, TLSv1%.2", out2)
     end
 
@@ -836,15 +837,6 @@ describe("TLS towards clients #tls", function()
   -- ---- ALPN (ALPACA cross-protocol attacks) ------------------------------------------
 
   describe("ALPN", function()
-    local function s_client(args)
-      local q = {}
-      for i, a in ipairs(args) do q[i] = shell.quote(a) end
-      local h = io.popen("timeout 10 openssl s_client " .. table.concat(q, " ") .. " </dev/null 2>&1")
-      local out = h:read("*a")
-      h:close()
-      return out
-    end
-
     for _, case in ipairs { { "imaps", "imap" }, { "pop3s", "pop3" }, { "smtps", "smtp" } } do
       local listener, id = case[1], case[2]
       it(listener .. ": a client asking for http/1.1 is refused (no_application_protocol), one asking for " .. id
@@ -854,7 +846,7 @@ describe("TLS towards clients #tls", function()
           local a = {}
           for _, x in ipairs(base) do a[#a + 1] = x end
           for _, x in ipairs(extra) do a[#a + 1] = x end
-          return s_client(a)
+          return openssl_s_client(a)
         end
         local wrong = with { "-alpn", "http/1.1" }
         assert.matches("no application protocol", wrong)
@@ -877,7 +869,7 @@ describe("TLS towards clients #tls", function()
     end)
 
     it("STARTTLS is checked the same way", function()
-      local out = s_client { "-connect", "127.0.0.1:" .. port.imap_on, "-CAfile", C.ca, "-starttls", "imap",
+      local out = openssl_s_client { "-connect", "127.0.0.1:" .. port.imap_on, "-CAfile", C.ca, "-starttls", "imap",
                              "-alpn", "smtp" }
       assert.matches("no application protocol", out)
     end)

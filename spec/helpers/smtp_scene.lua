@@ -49,6 +49,11 @@ function smtp_scene:on_stop(fn)
   self.stops[#self.stops + 1] = fn
 end
 
+-- an upstream scripted byte by byte from the test: the same as
+-- helpers.scene's (up.port, up:accept(), up:send(data), up:line(), ...),
+-- stopped with the scene
+smtp_scene.raw_upstream = require("helpers.scene").raw_upstream
+
 function smtp_scene:mock(opts)
   local m = testing.mock_smtp(opts)
   self.stops[#self.stops + 1] = function() m:stop() end
