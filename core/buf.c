@@ -1,8 +1,8 @@
 /* buf.c: bounded byte buffers and line splitting. */
 #include "buf.h"
+#include "mem.h"
+#include "status.h"
 
-#include <stdarg.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,7 +29,7 @@ void buf_free(buf_t *b)
 int buf_reserve(buf_t *b, size_t n)
 {
     if (n > b->max - b->len)
-        return -1;
+        return PT_TOO_BIG;
     if (b->len + n <= b->cap)
         return 0;
     size_t cap = b->cap ? b->cap : 1024;
@@ -37,12 +37,9 @@ int buf_reserve(buf_t *b, size_t n)
         cap *= 2;
     if (cap > b->max)
         cap = b->max;
-    char *d = realloc(b->data, cap);
-    if (!d)
-        return -1;
-    b->data = d;
+    b->data = xrealloc(b->data, cap);
     b->cap = cap;
-    return 0;
+    return PT_OK;
 }
 
 size_t buf_room(const buf_t *b)
@@ -53,10 +50,10 @@ size_t buf_room(const buf_t *b)
 int buf_append(buf_t *b, const void *p, size_t n)
 {
     if (buf_reserve(b, n) < 0)
-        return -1;
+        return PT_TOO_BIG;
     memcpy(b->data + b->len, p, n);
     b->len += n;
-    return 0;
+    return PT_OK;
 }
 
 void buf_consume(buf_t *b, size_t n)
@@ -80,24 +77,4 @@ int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed)
         l--;
     *line_len = l;
     return 1;
-}
-
-char *str_printf(const char *fmt, ...)
-{
-    va_list ap;
-    char *r = NULL;
-    va_start(ap, fmt);
-    if (vasprintf(&r, fmt, ap) < 0)
-        r = NULL;
-    va_end(ap);
-    return r;
-}
-
-void str_wipe_free(char **p)
-{
-    if (*p) {
-        explicit_bzero(*p, strlen(*p));
-        free(*p);
-        *p = NULL;
-    }
 }

@@ -1,6 +1,6 @@
 /* buf.h: a byte buffer with a hard size limit (every protocol buffer in
- * postern is one: no input can make memory grow unbounded), and the two
- * string helpers the protocol modules share. */
+ * postern is one: no input can make memory grow unbounded), and line
+ * splitting. */
 #ifndef POSTERN_BUF_H
 #define POSTERN_BUF_H
 
@@ -15,18 +15,13 @@ typedef struct buf {
 
 void buf_init(buf_t *b, size_t max);
 void buf_free(buf_t *b);                           /* wipes the bytes first */
-int buf_append(buf_t *b, const void *p, size_t n); /* 0, or -1 past max */
-int buf_reserve(buf_t *b, size_t n);               /* room for n more; -1 past max */
+int buf_append(buf_t *b, const void *p, size_t n); /* PT_OK, or PT_TOO_BIG past max */
+int buf_reserve(buf_t *b, size_t n);               /* room for n more: PT_OK, or PT_TOO_BIG past max */
 size_t buf_room(const buf_t *b);                   /* bytes that may still be added */
 void buf_consume(buf_t *b, size_t n);              /* drop n bytes from the front */
 
 /* Finds the first line in p[0..len): returns 1 and sets *line_len (without
  * CRLF or bare LF) and *consumed (with it), or 0 when no LF is there yet. */
 int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed);
-
-/* A malloc'd formatted string (NULL when out of memory). */
-char *str_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Zeroes a string (it may hold a password), frees it, NULLs the pointer. */
-void str_wipe_free(char **p);
 
 #endif

@@ -2,6 +2,7 @@
  * checked key by key, into a config_t. The first problem found is
  * reported as "file: key.path: what is wrong". */
 #include "config.h"
+#include "mem.h"
 
 #include "log.h"
 #include "proto.h"
@@ -80,7 +81,7 @@ static int opt_string(check_t *c, const char *path, const char *key, char **out)
     int rc = 0;
     if (t == LUA_TSTRING) {
         free(*out);
-        *out = strdup(lua_tostring(c->L, -1));
+        *out = xstrdup(lua_tostring(c->L, -1));
     } else if (t != LUA_TNIL) {
         rc = fail(c, kp, "expected a string, got %s", lua_typename(c->L, t));
     }
@@ -147,7 +148,7 @@ static int is_atom(const char *w)
 /* Every space-separated word of an entry must be an atom. */
 static int is_entry(const char *e)
 {
-    char *copy = strdup(e), *save = NULL;
+    char *copy = xstrdup(e), *save = NULL;
     int ok = 1, words = 0;
     for (char *w = strtok_r(copy, " ", &save); w; w = strtok_r(NULL, " ", &save), words++)
         ok &= is_atom(w);
@@ -166,7 +167,7 @@ static int opt_words(check_t *c, const char *path, const char *key, char **out)
     lua_State *L = c->L;
     if (t == LUA_TSTRING) {
         const char *w = lua_tostring(L, -1);
-        char *copy = strdup(w), *save = NULL, *list = calloc(1, strlen(w) + 1);
+        char *copy = xstrdup(w), *save = NULL, *list = xcalloc(1, strlen(w) + 1);
         for (char *tok = strtok_r(copy, " ", &save); tok && rc == 0; tok = strtok_r(NULL, " ", &save)) {
             if (!is_atom(tok))
                 rc = fail(c, kp, "\"%s\" is not a word of atom characters", tok);
@@ -194,7 +195,7 @@ static int opt_words(check_t *c, const char *path, const char *key, char **out)
             }
         }
         if (rc == 0) {
-            char *list = calloc(1, total);
+            char *list = xcalloc(1, total);
             for (int i = 1; i <= n; i++) {
                 lua_rawgeti(L, -1, i);
                 strcat(strcat(list, i > 1 ? "\n" : ""), lua_tostring(L, -1));
@@ -400,7 +401,7 @@ static int read_pair(check_t *c, config_t *cfg, const char *path, const char *na
         return c->failed ? -1 : fail(c, path, "needs both certificate and key");
     }
     tls_cert_conf_t *t = &cfg->tls_certs[cfg->ntls_certs++];
-    t->name = name ? strdup(name) : NULL;
+    t->name = name ? xstrdup(name) : NULL;
     t->certificate = config_path(cfg, crt);
     t->key = config_path(cfg, key);
     free(crt);
@@ -429,7 +430,7 @@ static int read_tls(check_t *c, config_t *cfg)
         lua_pop(L, 1);
         return fail(c, "tls.certificates", "expected { [\"mail.example.com\"] = { certificate = ..., key = ... } }");
     }
-    cfg->tls_certs = calloc((size_t)n, sizeof *cfg->tls_certs);
+    cfg->tls_certs = xcalloc((size_t)n, sizeof *cfg->tls_certs);
     lua_pop(L, 1);
     lua_getfield(L, -1, "certificate");
     int has_default = !lua_isnil(L, -1);
@@ -567,7 +568,7 @@ static int read_config(check_t *c, config_t *cfg)
         rc = fail(c, "listen", "expected a list of listeners, e.g. { { address = \"127.0.0.1:1143\", protocol = \"imap\" } }");
     } else {
         cfg->nlisten = (int)lua_objlen(L, -1);
-        cfg->listen = calloc(cfg->nlisten, sizeof *cfg->listen);
+        cfg->listen = xcalloc(cfg->nlisten, sizeof *cfg->listen);
         for (int i = 0; i < cfg->nlisten && rc == 0; i++) {
             lua_rawgeti(L, -1, i + 1);
             rc = read_listener(c, cfg, i, global_caps);
@@ -583,20 +584,20 @@ static int read_config(check_t *c, config_t *cfg)
 char *config_path(const config_t *cfg, const char *p)
 {
     if (p[0] == '/' || !cfg->dir || strcmp(cfg->dir, ".") == 0)
-        return strdup(p);
+        return xstrdup(p);
     size_t n = strlen(cfg->dir) + strlen(p) + 2;
-    char *r = malloc(n);
+    char *r = xmalloc(n);
     snprintf(r, n, "%s/%s", cfg->dir, p);
     return r;
 }
 
 config_t *config_load(const char *path, char *err, size_t errlen)
 {
-    config_t *cfg = calloc(1, sizeof *cfg);
+    config_t *cfg = xcalloc(1, sizeof *cfg);
     cfg->refs = 1;
-    cfg->path = strdup(path);
+    cfg->path = xstrdup(path);
     const char *slash = strrchr(path, '/');
-    cfg->dir = slash ? strndup(path, (size_t)(slash - path) ? (size_t)(slash - path) : 1) : strdup(".");
+    cfg->dir = slash ? xstrndup(path, (size_t)(slash - path) ? (size_t)(slash - path) : 1) : xstrdup(".");
     cfg->log_level = LL_INFO;
     cfg->proxy_pass_error_message = true;
     cfg->timeout = 60;
@@ -624,7 +625,7 @@ config_t *config_load(const char *path, char *err, size_t errlen)
     if (!cfg->server_name) {
         char host[256] = "localhost";
         gethostname(host, sizeof host - 1);
-        cfg->server_name = strdup(host);
+        cfg->server_name = xstrdup(host);
     }
     lua_close(L);
     return cfg;

@@ -3,6 +3,7 @@
  * interrupted, so a timeout (or the hook going away) abandons the request
  * and its late result is dropped. */
 #include "lua_bridge.h"
+#include "mem.h"
 #include "postern_lib.h"
 
 #include <lauxlib.h>
@@ -126,7 +127,7 @@ static int l_resolve(lua_State *L)
     if (!name[0] || strlen(name) > 253)
         return luaL_argerror(L, 1, "not a host name");
     lb_wait_check(L, "postern.dns.resolve");
-    dns_req_t *r = calloc(1, sizeof *r);
+    dns_req_t *r = xcalloc(1, sizeof *r);
     r->w.cancel = cancel;
     r->gai.data = r;
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };

@@ -7,6 +7,7 @@
  * handle. Lua is resumed only from the completion drain, never from inside
  * a curl callback (curl forbids re-entering it there). */
 #include "buf.h"
+#include "mem.h"
 #include "lua_bridge.h"
 #include "postern_lib.h"
 
@@ -166,7 +167,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
         return 0;
     }
     if (!c) {
-        c = calloc(1, sizeof *c);
+        c = xcalloc(1, sizeof *c);
         c->fd = s;
         if (uv_poll_init_socket(lb_loop(), &c->poll, s) < 0) {
             free(c);
@@ -298,7 +299,7 @@ static int l_request(lua_State *L)
         lua_pushliteral(L, "cannot initialise libcurl");
         return 2;
     }
-    http_req_t *r = calloc(1, sizeof *r);
+    http_req_t *r = xcalloc(1, sizeof *r);
     r->w.cancel = cancel;
     buf_init(&r->resp, (size_t)max_size);
     buf_init(&r->resp_headers, HTTP_MAX_HEADERS);
@@ -361,7 +362,7 @@ static int l_request(lua_State *L)
     if (r->headers)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     if (body) {
-        r->body = malloc(body_len + 1);
+        r->body = xmalloc(body_len + 1);
         memcpy(r->body, body, body_len);
         curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->body);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);

@@ -4,6 +4,7 @@
  * the chosen server with LOGIN or AUTHENTICATE PLAIN, then hands the
  * server's tagged OK to the client under the client's tag. */
 #include "proto.h"
+#include "mem.h"
 
 #include "config.h"
 #include "imap_parse.h"
@@ -86,7 +87,7 @@ static char *imap_capabilities(const char *configured, unsigned auth, int startt
     const char *base = configured ? configured : "IMAP4rev1";
     static const char *const always[] = { "SASL-IR", "LITERAL+", "ID", NULL };
     size_t n = strlen(base) + 256;
-    char *caps = malloc(n);
+    char *caps = xmalloc(n);
     snprintf(caps, n, "%s", base);
     for (char *p = caps; *p; p++) /* entries are words: one line */
         if (*p == '\n')
@@ -145,8 +146,7 @@ static void imap_auth_refused(session_t *s, const refusal_t *r)
         char challenge[256];
         sasl_oauth_error(challenge, sizeof challenge, r->temporary);
         free(st->oauth_failure);
-        if (asprintf(&st->oauth_failure, "%s NO %s%s\r\n", st->tag, code, msg) < 0)
-            st->oauth_failure = NULL;
+        st->oauth_failure = xasprintf("%s NO %s%s\r\n", st->tag, code, msg);
         session_printf(s, "+ %s\r\n", challenge);
         st->state = C_OAUTH_ERROR;
         return;
@@ -189,7 +189,7 @@ static void cmd_login(session_t *s, const char *buf, const imap_command_t *cmd)
         return;
     }
     /* nginx calls the LOGIN command's method "plain" (Auth-Method). */
-    begin_auth(s, "plain", strdup(user), strdup(pass), NULL);
+    begin_auth(s, "plain", xstrdup(user), xstrdup(pass), NULL);
     explicit_bzero(pass, sizeof pass);
 }
 
@@ -197,25 +197,27 @@ static void cmd_login(session_t *s, const char *buf, const imap_command_t *cmd)
 static void sasl_result(session_t *s, int rc, const char *challenge)
 {
     imap_state_t *st = st_of(s);
+    if (rc == PT_INVALID) /* one case per reason */
+        rc = PT_INVALID * 16 + (int)st->sasl.fault;
     switch (rc) {
-    case SASL_NEXT:
+    case PT_AGAIN:
         st->state = C_SASL;
         session_printf(s, "+ %s\r\n", challenge);
         return;
-    case SASL_DONE:
+    case PT_OK:
         st->state = C_COMMAND;
         session_authenticate(s);
         return;
-    case SASL_CANCELLED:
+    case PT_DECLINED:
         st->state = C_COMMAND;
         reply(s, "BAD", "Authentication cancelled");
         return;
-    case SASL_BAD_BASE64:
+    case PT_INVALID * 16 + SASL_FAULT_BASE64:
         st->state = C_COMMAND;
         reply(s, "BAD", "Invalid base64 data");
         session_error(s);
         return;
-    case SASL_BAD_IR:
+    case PT_INVALID * 16 + SASL_FAULT_IR:
         st->state = C_COMMAND;
         reply(s, "BAD", "This mechanism takes no initial response");
         session_error(s);
@@ -268,7 +270,7 @@ static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
             size += a->len * 2 + 3;
         }
         if (ok) {
-            char *list = malloc(size), *p = list;
+            char *list = xmalloc(size), *p = list;
             *p++ = '(';
             for (int i = 1; i < cmd->nargs - 1; i++) {
                 const imap_arg_t *a = &cmd->args[i];
@@ -366,7 +368,7 @@ static void imap_client_input(session_t *s)
                     too_long(s);
                 return;
             }
-            char *line = malloc(ll + 1);
+            char *line = xmalloc(ll + 1);
             memcpy(line, s->cin.data, ll);
             buf_consume(&s->cin, used);
             if (st->state == C_OAUTH_ERROR) {
@@ -394,7 +396,7 @@ static void imap_client_input(session_t *s)
         } else {
             st->tag[0] = '\0';
         }
-        if (rc == IMAP_PARSE_AGAIN) {
+        if (rc == PT_AGAIN) {
             if (buf_room(&s->cin) == 0) {
                 too_long(s);
             } else if (cmd.sync_literals > st->lit_acked) {
@@ -404,14 +406,14 @@ static void imap_client_input(session_t *s)
             return;
         }
         st->lit_acked = 0;
-        if (rc == IMAP_PARSE_TOO_BIG) {
+        if (rc == PT_TOO_BIG) {
             session_log(s, LL_INFO, "client sent too large literal");
             reply(s, "BAD", cmd.error);
             s->close_reason = "too large literal";
             session_quit(s);
             return;
         }
-        if (rc == IMAP_PARSE_BAD) {
+        if (rc == PT_INVALID) {
             if (cmd.consumed == 0) { /* the rest of the bad line is still to come */
                 if (buf_room(&s->cin) == 0)
                     too_long(s);
@@ -429,7 +431,7 @@ static void imap_client_input(session_t *s)
         }
         /* Work on a copy: the command may start a login whose outcome
          * comes back (and parses further input) before we return. */
-        char *copy = malloc(cmd.consumed);
+        char *copy = xmalloc(cmd.consumed);
         memcpy(copy, s->cin.data, cmd.consumed);
         size_t used = cmd.consumed;
         buf_consume(&s->cin, used);
@@ -483,7 +485,7 @@ static int quotable(const char *v)
 static char *quote(const char *v)
 {
     size_t n = strlen(v);
-    char *q = malloc(2 * n + 3), *p = q;
+    char *q = xmalloc(2 * n + 3), *p = q;
     *p++ = '"';
     for (; *v; v++) {
         if (*v == '"' || *v == '\\')
@@ -504,10 +506,10 @@ static void send_authenticate(session_t *s, int mech, const char *user, const ch
     char *line;
     st->umech = mech;
     if (st->ucaps & CAP_SASL_IR) {
-        line = str_printf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
+        line = xasprintf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
     } else {
-        line = str_printf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
-        st->pending[st->npending++] = str_printf("%s\r\n", b64);
+        line = xasprintf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
+        st->pending[st->npending++] = xasprintf("%s\r\n", b64);
     }
     explicit_bzero(b64, strlen(b64));
     free(b64);
@@ -545,16 +547,16 @@ static void send_login(session_t *s)
     char *line;
     if (quotable(user) && quotable(pass)) {
         char *qu = quote(user), *qp = quote(pass);
-        line = str_printf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
+        line = xasprintf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
         explicit_bzero(qp, strlen(qp));
         free(qu);
         free(qp);
     } else if (st->ucaps & CAP_LITERALPLUS) {
-        line = str_printf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
+        line = xasprintf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
     } else {
-        line = str_printf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
-        st->pending[st->npending++] = str_printf("%s {%zu}\r\n", user, strlen(pass));
-        st->pending[st->npending++] = str_printf("%s\r\n", pass);
+        line = xasprintf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
+        st->pending[st->npending++] = xasprintf("%s {%zu}\r\n", user, strlen(pass));
+        st->pending[st->npending++] = xasprintf("%s\r\n", pass);
     }
     session_upstream_write(s, line, strlen(line));
     explicit_bzero(line, strlen(line));
@@ -602,8 +604,8 @@ static void upstream_line(session_t *s, const char *line, size_t len)
             /* Already logged in: pass its capabilities on, if it gave any. */
             const char *caps = find_caps(line, len);
             const char *end = caps ? memchr(caps, ']', len - (size_t)(caps - line)) : NULL;
-            char *ok = end ? str_printf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
-                           : str_printf("%s OK Logged in\r\n", st->tag);
+            char *ok = end ? xasprintf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
+                           : xasprintf("%s OK Logged in\r\n", st->tag);
             session_upstream_ready(s, ok, strlen(ok));
             free(ok);
         } else {
@@ -691,7 +693,7 @@ static void imap_upstream_input(session_t *s)
            buf_find_line(s->uin.data, s->uin.len, &ll, &used)) {
         /* The line leaves the buffer before we act: acting may hand the
          * rest of the buffer to the client or drop the connection. */
-        char *line = malloc(ll + 1);
+        char *line = xmalloc(ll + 1);
         memcpy(line, s->uin.data, ll);
         line[ll] = '\0';
         buf_consume(&s->uin, used);

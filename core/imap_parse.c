@@ -26,7 +26,7 @@ static int bad(const char *buf, size_t len, size_t pos, imap_command_t *cmd, con
     const char *lf = pos < len ? memchr(buf + pos, '\n', len - pos) : NULL;
     if (!lf) {
         cmd->consumed = 0;
-        return IMAP_PARSE_BAD;
+        return PT_INVALID;
     }
     cmd->consumed = (size_t)(lf - buf) + 1;
     /* A line ending in "{n+}" is followed by literal bytes we cannot tell
@@ -36,7 +36,7 @@ static int bad(const char *buf, size_t len, size_t pos, imap_command_t *cmd, con
         e--;
     if (e >= 3 && buf[e - 1] == '}' && buf[e - 2] == '+')
         cmd->close_after = 1;
-    return IMAP_PARSE_BAD;
+    return PT_INVALID;
 }
 
 int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_command_t *cmd)
@@ -48,7 +48,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
     while (pos < len && is_tag_char((unsigned char)buf[pos]))
         pos++;
     if (pos == len)
-        return IMAP_PARSE_AGAIN;
+        return PT_AGAIN;
     /* Without a valid tag the reply must be untagged: tag_len stays 0. */
     if (pos == 0 || buf[pos] != ' ')
         return bad(buf, len, pos, cmd, pos == 0 ? "Missing tag" : "Invalid tag");
@@ -62,21 +62,21 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
                          (buf[pos] >= '0' && buf[pos] <= '9')))
         pos++;
     if (pos == len)
-        return IMAP_PARSE_AGAIN;
+        return PT_AGAIN;
     cmd->name_len = pos - cmd->name_off;
     if (cmd->name_len == 0)
         return bad(buf, len, pos, cmd, "Missing command");
 
     for (;;) {
         if (pos == len)
-            return IMAP_PARSE_AGAIN;
+            return PT_AGAIN;
         unsigned char c = (unsigned char)buf[pos];
         if (c == '\n' || (c == '\r' && pos + 1 < len && buf[pos + 1] == '\n')) {
             cmd->consumed = pos + (c == '\r' ? 2 : 1);
-            return IMAP_PARSE_OK;
+            return PT_OK;
         }
         if (c == '\r')
-            return pos + 1 == len ? IMAP_PARSE_AGAIN : bad(buf, len, pos, cmd, "Bare CR");
+            return pos + 1 == len ? PT_AGAIN : bad(buf, len, pos, cmd, "Bare CR");
 
         /* Arguments are separated by spaces; lists need none inside. */
         int after_paren = cmd->nargs > 0 && cmd->args[cmd->nargs - 1].type == IMAP_ARG_LPAREN;
@@ -84,7 +84,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             while (pos < len && buf[pos] == ' ')
                 pos++;
             if (pos == len)
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             c = (unsigned char)buf[pos];
             if (c == '\r' || c == '\n')
                 return bad(buf, len, pos, cmd, "Trailing space");
@@ -103,7 +103,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             size_t start = ++pos;
             for (;;) {
                 if (pos == len)
-                    return IMAP_PARSE_AGAIN;
+                    return PT_AGAIN;
                 char q = buf[pos];
                 if (q == '\r' || q == '\n' || q == '\0')
                     return bad(buf, len, pos, cmd, "Line break in quoted string");
@@ -111,7 +111,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
                     break;
                 if (q == '\\') {
                     if (pos + 1 == len)
-                        return IMAP_PARSE_AGAIN;
+                        return PT_AGAIN;
                     if (buf[pos + 1] != '"' && buf[pos + 1] != '\\')
                         return bad(buf, len, pos, cmd, "Invalid escape in quoted string");
                     pos++;
@@ -128,26 +128,26 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             while (pos < len && buf[pos] >= '0' && buf[pos] <= '9') {
                 if (n > (max_literal + 1) * 10 + 9) { /* overflow guard: already far too big */
                     cmd->error = "Literal too large";
-                    return IMAP_PARSE_TOO_BIG;
+                    return PT_TOO_BIG;
                 }
                 n = n * 10 + (size_t)(buf[pos] - '0');
                 pos++;
                 digits++;
             }
             if (pos == len)
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             int sync = 1;
             if (buf[pos] == '+') {
                 sync = 0;
                 pos++;
                 if (pos == len)
-                    return IMAP_PARSE_AGAIN;
+                    return PT_AGAIN;
             }
             if (digits == 0 || buf[pos] != '}')
                 return bad(buf, len, pos, cmd, "Invalid literal");
             pos++;
             if (pos == len || (buf[pos] == '\r' && pos + 1 == len))
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             if (buf[pos] == '\r')
                 pos++;
             if (buf[pos] != '\n')
@@ -156,11 +156,11 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             sync_seen += sync;
             if (n > max_literal) {
                 cmd->error = "Literal too large";
-                return IMAP_PARSE_TOO_BIG;
+                return PT_TOO_BIG;
             }
             if (len - pos < n) {
                 cmd->sync_literals = sync ? sync_seen : 0;
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             }
             a->type = IMAP_ARG_LITERAL;
             a->off = pos;
@@ -170,7 +170,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
              * our "+" before it sends the rest of the line. */
             if (sync && n == 0 && pos == len) {
                 cmd->sync_literals = sync_seen;
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             }
             if (pos < len && !is_atom_end((unsigned char)buf[pos]))
                 return bad(buf, len, pos, cmd, "Junk after literal");
@@ -183,7 +183,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
                 pos++;
             }
             if (pos == len)
-                return IMAP_PARSE_AGAIN;
+                return PT_AGAIN;
             a->type = IMAP_ARG_ATOM;
             a->off = start;
             a->len = pos - start;

@@ -4,17 +4,18 @@
 #ifndef POSTERN_IMAP_PARSE_H
 #define POSTERN_IMAP_PARSE_H
 
+#include "status.h"
+
 #include <stddef.h>
 
 #define IMAP_MAX_ARGS 64
 #define IMAP_MAX_TAG 128 /* RFC 9051 sets none; Dovecot takes 100, nginx 32 */
 
-enum {
-    IMAP_PARSE_OK,        /* a whole command: see cmd->consumed */
-    IMAP_PARSE_AGAIN,     /* need more bytes (check cmd->sync_literals) */
-    IMAP_PARSE_BAD,       /* invalid line: reply BAD, drop cmd->consumed bytes */
-    IMAP_PARSE_TOO_BIG,   /* a literal larger than allowed: reply BAD, close */
-};
+/* imap_parse_command returns:
+ *   PT_OK       a whole command: see cmd->consumed
+ *   PT_AGAIN    need more bytes (check cmd->sync_literals)
+ *   PT_INVALID  an invalid line: reply BAD, drop cmd->consumed bytes
+ *   PT_TOO_BIG  a literal larger than allowed: reply BAD, close */
 
 enum { IMAP_ARG_ATOM, IMAP_ARG_QUOTED, IMAP_ARG_LITERAL, IMAP_ARG_LPAREN, IMAP_ARG_RPAREN };
 

@@ -1,6 +1,7 @@
 /* listener.c: binds every `listen` entry and hands accepted connections
  * to the session code. */
 #include "listener.h"
+#include "mem.h"
 
 #include "log.h"
 #include "session.h"
@@ -29,7 +30,7 @@ static void on_connection(uv_stream_t *server, int status)
 
 int listeners_start(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen)
 {
-    listeners = calloc(cfg->nlisten, sizeof *listeners);
+    listeners = xcalloc(cfg->nlisten, sizeof *listeners);
     for (int i = 0; i < cfg->nlisten; i++) {
         listener_t *l = &listeners[i];
         l->cfg = config_acquire(cfg);

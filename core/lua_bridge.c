@@ -6,6 +6,7 @@
  * session closes first, the task is cancelled: its wait is stopped, the
  * coroutine unanchored and never resumed again. */
 #include "lua_bridge.h"
+#include "mem.h"
 
 #include "log.h"
 #include "postern_lib.h"
@@ -130,7 +131,7 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
             snprintf(err, errlen, "%s.%s: contains a NUL byte", path, key);
             *bad = 1;
         }
-        r = strdup(v);
+        r = xstrdup(v);
     } else if (!lua_isnil(L, -1) && !*bad) {
         snprintf(err, errlen, "%s.%s: expected a string, got %s", path, key, luaL_typename(L, -1));
         *bad = 1;
@@ -231,7 +232,7 @@ static int read_upstreams(lua_State *L, int idx, upstream_t **out, int *n, char 
     }
     if (count > 64)
         count = 64;
-    upstream_t *u = calloc(count, sizeof *u);
+    upstream_t *u = xcalloc(count, sizeof *u);
     for (int i = 0; i < count; i++) {
         char path[32];
         int rc;
@@ -260,13 +261,13 @@ static int read_upstreams(lua_State *L, int idx, upstream_t **out, int *n, char 
 
 static refusal_t *read_refusal(lua_State *L, int idx)
 {
-    refusal_t *r = calloc(1, sizeof *r);
+    refusal_t *r = xcalloc(1, sizeof *r);
     if (lua_type(L, idx) == LUA_TSTRING) {
-        r->message = strdup(lua_tostring(L, idx));
+        r->message = xstrdup(lua_tostring(L, idx));
     } else if (lua_type(L, idx) == LUA_TTABLE) {
         lua_getfield(L, idx, "message");
         if (lua_type(L, -1) == LUA_TSTRING)
-            r->message = strdup(lua_tostring(L, -1));
+            r->message = xstrdup(lua_tostring(L, -1));
         lua_getfield(L, idx, "wait");
         r->wait = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : 0;
         lua_getfield(L, idx, "code");
@@ -275,7 +276,7 @@ static refusal_t *read_refusal(lua_State *L, int idx)
             const char *c = lua_tostring(L, -1);
             if (strlen(c) >= 3 && strlen(c) < 16 && strspn(c, "0123456789. ") == strlen(c) &&
                 (c[0] == '4' || c[0] == '5'))
-                r->code = strdup(c);
+                r->code = xstrdup(c);
         }
         lua_getfield(L, idx, "temporary");
         r->temporary = lua_toboolean(L, -1);
@@ -381,7 +382,7 @@ static int session_check_password(lua_State *L)
             sasl_hmac_md5_hex(clear, clen, salt, strlen(salt), want);
         } else {
             size_t sl = strlen(salt);
-            char *buf = malloc(sl + clen);
+            char *buf = xmalloc(sl + clen);
             memcpy(buf, salt, sl);
             memcpy(buf + sl, clear, clen);
             sasl_md5_hex(buf, sl + clen, want);
@@ -501,7 +502,7 @@ static void push_session(lua_State *L, session_t *s)
 static lb_task_t *task_new(lb_policy_t *p, session_t *s, int hook)
 {
     lua_State *L = p->L;
-    lb_task_t *t = calloc(1, sizeof *t);
+    lb_task_t *t = xcalloc(1, sizeof *t);
     t->p = p;
     p->refs++;
     t->s = s;
@@ -717,7 +718,7 @@ static int l_sleep(lua_State *L)
     if (!(sec >= 0))
         return luaL_argerror(L, 1, "must be a number of seconds >= 0");
     lb_wait_check(L, "postern.sleep");
-    sleep_req_t *r = calloc(1, sizeof *r);
+    sleep_req_t *r = xcalloc(1, sizeof *r);
     r->w.cancel = sleep_cancel;
     lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
     uv_timer_init(lb_loop(), &r->timer);
@@ -805,7 +806,7 @@ static lb_policy_t *policy_load(uv_loop_t *loop, const char *file, char *err, si
     lua_setfield(L, -2, "postern");
     lua_pop(L, 2);
 
-    lb_policy_t *p = calloc(1, sizeof *p);
+    lb_policy_t *p = xcalloc(1, sizeof *p);
     p->L = L;
     p->loop = loop;
     the_loop = loop;

@@ -4,6 +4,7 @@
  * in with USER/PASS, APOP (when the client used it) or AUTH, then passes
  * the server's +OK to the client and relays. */
 #include "proto.h"
+#include "mem.h"
 
 #include "buf.h"
 #include "config.h"
@@ -65,9 +66,9 @@ static char *pop3_capabilities(const char *configured, unsigned auth, int startt
     char mechs[128];
     sasl_mech_list(auth, mechs, sizeof mechs);
     size_t n = strlen(base) * 2 + 256;
-    char *caps = malloc(n), *p = caps;
+    char *caps = xmalloc(n), *p = caps;
     caps[0] = '\0';
-    char *copy = strdup(base), *save = NULL;
+    char *copy = xstrdup(base), *save = NULL;
     /* one CAPA line per configured entry ("EXPIRE 30" stays one line) */
     for (char *w = strtok_r(copy, "\n", &save); w; w = strtok_r(NULL, "\n", &save))
         p += sprintf(p, "%s\r\n", w);
@@ -113,7 +114,7 @@ static void pop3_auth_refused(session_t *s, const refusal_t *r)
         char challenge[256];
         sasl_oauth_error(challenge, sizeof challenge, r->temporary);
         free(st->oauth_failure);
-        st->oauth_failure = str_printf("-ERR %s%s\r\n", code, msg);
+        st->oauth_failure = xasprintf("-ERR %s%s\r\n", code, msg);
         session_printf(s, "+ %s\r\n", challenge);
         st->state = C_OAUTH_ERROR;
         return;
@@ -125,23 +126,25 @@ static void pop3_auth_refused(session_t *s, const refusal_t *r)
 static void sasl_result(session_t *s, int rc, const char *challenge)
 {
     pop3_state_t *st = st_of(s);
+    if (rc == PT_INVALID) /* one case per reason */
+        rc = PT_INVALID * 16 + (int)st->sasl.fault;
     st->state = C_COMMAND;
     switch (rc) {
-    case SASL_NEXT:
+    case PT_AGAIN:
         st->state = C_SASL;
         session_printf(s, "+ %s\r\n", challenge);
         return;
-    case SASL_DONE:
+    case PT_OK:
         session_authenticate(s);
         return;
-    case SASL_CANCELLED:
+    case PT_DECLINED:
         session_printf(s, "-ERR Authentication cancelled\r\n");
         return;
-    case SASL_BAD_BASE64:
+    case PT_INVALID * 16 + SASL_FAULT_BASE64:
         session_printf(s, "-ERR Invalid base64 data\r\n");
         session_error(s);
         return;
-    case SASL_BAD_IR:
+    case PT_INVALID * 16 + SASL_FAULT_IR:
         session_printf(s, "-ERR This mechanism takes no initial response\r\n");
         session_error(s);
         return;
@@ -196,7 +199,7 @@ static void command(session_t *s, char *line, size_t len)
             return;
         }
         str_wipe_free(&st->user);
-        st->user = strndup(arg, al);
+        st->user = xstrndup(arg, al);
         session_printf(s, "+OK\r\n");
     } else if (is_word(line, vl, "PASS") && (auth & AUTH_USER)) {
         if (!st->user) {
@@ -210,7 +213,7 @@ static void command(session_t *s, char *line, size_t len)
         session_reset_credentials(s);
         s->cred.user = st->user;
         st->user = NULL;
-        s->cred.password = strndup(arg, al); /* RFC 1939: the rest of the line, spaces included */
+        s->cred.password = xstrndup(arg, al); /* RFC 1939: the rest of the line, spaces included */
         s->cred.mechanism = "plain";         /* nginx's Auth-Method for USER/PASS */
         session_authenticate(s);
     } else if (is_word(line, vl, "APOP") && (auth & AUTH_APOP)) {
@@ -221,11 +224,11 @@ static void command(session_t *s, char *line, size_t len)
             return;
         }
         session_reset_credentials(s);
-        s->cred.user = strndup(arg, (size_t)(dsp - arg));
-        s->cred.digest = strndup(dsp + 1, 32);
+        s->cred.user = xstrndup(arg, (size_t)(dsp - arg));
+        s->cred.digest = xstrndup(dsp + 1, 32);
         for (char *d = s->cred.digest; *d; d++)
             *d = (char)(*d >= 'A' && *d <= 'F' ? *d + 32 : *d);
-        s->cred.salt = strdup(st->timestamp);
+        s->cred.salt = xstrdup(st->timestamp);
         s->cred.mechanism = "apop";
         session_authenticate(s);
     } else if (is_word(line, vl, "AUTH")) {
@@ -279,7 +282,7 @@ static void pop3_client_input(session_t *s)
         }
         /* act on a copy: the command may start a login whose outcome
          * comes back (and parses further input) before we return */
-        char *line = malloc(ll + 1);
+        char *line = xmalloc(ll + 1);
         memcpy(line, s->cin.data, ll);
         line[ll] = '\0';
         buf_consume(&s->cin, used);
@@ -339,14 +342,14 @@ static void start_login(session_t *s, const char *greeting, size_t len)
     if (apop && lt && gt) {
         /* the client used APOP: so do we, with the policy's cleartext password */
         size_t tl = (size_t)(gt - lt) + 1, pl = strlen(pass);
-        char *buf = malloc(tl + pl), digest[33];
+        char *buf = xmalloc(tl + pl), digest[33];
         memcpy(buf, lt, tl);
         memcpy(buf + tl, pass, pl);
         sasl_md5_hex(buf, tl + pl, digest);
         explicit_bzero(buf, tl + pl);
         free(buf);
         st->ustate = U_LOGIN;
-        send_line(s, str_printf("APOP %s %s\r\n", user, digest));
+        send_line(s, xasprintf("APOP %s %s\r\n", user, digest));
         return;
     }
     int mech = apop ? 0 : sasl_upstream_mech(&s->cred, u->auth);
@@ -354,23 +357,23 @@ static void start_login(session_t *s, const char *greeting, size_t len)
         mech = SASL_PLAIN; /* USER cannot carry a space */
     if (mech == SASL_LOGIN) {
         char *bu = sasl_b64_encode(user, strlen(user)), *bp = sasl_b64_encode(pass, strlen(pass));
-        st->pending[st->npending++] = str_printf("%s\r\n", bu);
-        st->pending[st->npending++] = str_printf("%s\r\n", bp);
+        st->pending[st->npending++] = xasprintf("%s\r\n", bu);
+        st->pending[st->npending++] = xasprintf("%s\r\n", bp);
         str_wipe_free(&bu);
         str_wipe_free(&bp);
         st->ustate = U_AUTH;
         st->umech = mech;
-        send_line(s, str_printf("AUTH LOGIN\r\n"));
+        send_line(s, xasprintf("AUTH LOGIN\r\n"));
     } else if (mech) {
         char *b64 = sasl_client_response(mech, user, pass);
         st->ustate = U_AUTH;
         st->umech = mech;
-        send_line(s, str_printf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
+        send_line(s, xasprintf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
         str_wipe_free(&b64);
     } else {
-        st->pending[st->npending++] = str_printf("PASS %s\r\n", pass);
+        st->pending[st->npending++] = xasprintf("PASS %s\r\n", pass);
         st->ustate = U_USER;
-        send_line(s, str_printf("USER %s\r\n", user));
+        send_line(s, xasprintf("USER %s\r\n", user));
     }
 }
 
@@ -396,7 +399,7 @@ static void upstream_line(session_t *s, const char *line, size_t len)
     case U_GREETING:
         if (ok && session_upstream_wants_starttls(s)) {
             free(st->greeting);
-            st->greeting = strndup(line, len);
+            st->greeting = xstrndup(line, len);
             st->ustate = U_STLS;
             session_upstream_write(s, "STLS\r\n", 6);
         } else if (ok) {
@@ -444,7 +447,7 @@ static void upstream_line(session_t *s, const char *line, size_t len)
     case U_LOGIN:
         if (ok) {
             free_pending(st);
-            char *reply = str_printf("%.*s\r\n", (int)len, line);
+            char *reply = xasprintf("%.*s\r\n", (int)len, line);
             session_upstream_ready(s, reply, strlen(reply));
             free(reply);
         } else if (err) {
@@ -460,7 +463,7 @@ static void pop3_upstream_input(session_t *s)
 {
     size_t ll, used;
     while (s->phase == PHASE_UPSTREAM && s->uin.len > 0 && buf_find_line(s->uin.data, s->uin.len, &ll, &used)) {
-        char *line = malloc(ll + 1);
+        char *line = xmalloc(ll + 1);
         memcpy(line, s->uin.data, ll);
         line[ll] = '\0';
         buf_consume(&s->uin, used);

@@ -2,6 +2,8 @@
  * (https://www.haproxy.org/download/2.8/doc/proxy-protocol.txt). */
 #include "proxy_proto.h"
 
+#include "status.h"
+
 #include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,7 +16,7 @@ static int fail(const char **err, const char *why)
 {
     if (err)
         *err = why;
-    return -1;
+    return PT_INVALID;
 }
 
 /* A decimal port, 0..65535, no sign, no leading zero but "0" itself. */
@@ -49,7 +51,7 @@ static int parse_v1(const char *data, size_t len, proxy_addr_t *out, const char 
         for (size_t i = 0; i < len; i++) /* fail early on what cannot be a header */
             if ((unsigned char)data[i] < 0x20 && data[i] != '\r')
                 return fail(err, "bad PROXY v1 line");
-        return 0;
+        return PT_AGAIN;
     }
     size_t linelen = (size_t)(crlf - data);
     char line[PROXY_V1_MAX + 1];
@@ -88,7 +90,7 @@ static int parse_v1(const char *data, size_t len, proxy_addr_t *out, const char 
 static int parse_v2(const unsigned char *d, size_t len, proxy_addr_t *out, const char **err)
 {
     if (len < 16)
-        return 0;
+        return PT_AGAIN;
     if ((d[12] >> 4) != 2)
         return fail(err, "bad PROXY v2 version");
     int cmd = d[12] & 0x0F;
@@ -98,7 +100,7 @@ static int parse_v2(const unsigned char *d, size_t len, proxy_addr_t *out, const
     if (16 + body > PROXY_V2_MAX)
         return fail(err, "PROXY v2 header too long");
     if (len < 16 + body)
-        return 0;
+        return PT_AGAIN;
     memset(out, 0, sizeof *out);
     out->version = 2;
     int total = (int)(16 + body);
@@ -130,13 +132,13 @@ static int parse_v2(const unsigned char *d, size_t len, proxy_addr_t *out, const
 int proxy_parse(const char *data, size_t len, proxy_addr_t *out, const char **err)
 {
     if (len == 0)
-        return 0;
+        return PT_AGAIN;
     size_t n = len < sizeof V2_SIG ? len : sizeof V2_SIG;
     if (memcmp(data, V2_SIG, n) == 0)
-        return len < sizeof V2_SIG ? 0 : parse_v2((const unsigned char *)data, len, out, err);
+        return len < sizeof V2_SIG ? PT_AGAIN : parse_v2((const unsigned char *)data, len, out, err);
     n = len < 6 ? len : 6;
     if (memcmp(data, "PROXY ", n) == 0)
-        return len < 6 ? 0 : parse_v1(data, len, out, err);
+        return len < 6 ? PT_AGAIN : parse_v1(data, len, out, err);
     return fail(err, "no PROXY protocol header");
 }
 

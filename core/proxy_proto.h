@@ -20,8 +20,8 @@ typedef struct proxy_addr {
 } proxy_addr_t;
 
 /* Parses the header at the start of data. Returns the header's length
- * (> 0) with *out filled, 0 when more bytes are needed, or -1 when this
- * is not a valid PROXY header (err says why). */
+ * (> 0) with *out filled, PT_AGAIN when more bytes are needed, or
+ * PT_INVALID when this is not a valid PROXY header (err says why). */
 int proxy_parse(const char *data, size_t len, proxy_addr_t *out, const char **err);
 
 /* Writes a version 1 or 2 header for a connection from src to dst (IP

@@ -9,6 +9,7 @@
  * hiredis 0.14's own libuv adapter ignores poll errors (a refused
  * connection would hang for ever), so the adapter is here, fixed. */
 #include "lua_bridge.h"
+#include "mem.h"
 #include "postern_lib.h"
 
 #include <hiredis/async.h>
@@ -94,7 +95,7 @@ static void cleanup(void *p)
 
 static int attach(redisAsyncContext *ac)
 {
-    redis_events_t *e = calloc(1, sizeof *e);
+    redis_events_t *e = xcalloc(1, sizeof *e);
     if (uv_poll_init_socket(lb_loop(), &e->poll, ac->c.fd) != 0) {
         free(e);
         return -1;
@@ -283,7 +284,7 @@ static int l_call(lua_State *L)
             return 2;
         }
     }
-    redis_call_t *r = calloc(1, sizeof *r);
+    redis_call_t *r = xcalloc(1, sizeof *r);
     r->w.cancel = cancel;
     r->conn = c;
     if (redisAsyncCommandArgv(c->ac, on_reply, r, argc, argv, lens) != REDIS_OK) {
@@ -328,11 +329,11 @@ static int l_connect(lua_State *L)
             ((!c->password && !password) || (c->password && password && strcmp(c->password, password) == 0)))
             break;
     if (!c) {
-        c = calloc(1, sizeof *c);
+        c = xcalloc(1, sizeof *c);
         snprintf(c->host, sizeof c->host, "%s", host);
         c->port = port;
         c->db = db;
-        c->password = password ? strdup(password) : NULL;
+        c->password = password ? xstrdup(password) : NULL;
         c->next = conns;
         conns = c;
     }

@@ -10,6 +10,7 @@
  * Memory per session is fixed either way. EOF on one side is passed on as
  * a half-close; the upstream closing ends the session. */
 #include "relay.h"
+#include "mem.h"
 
 #include "log.h"
 #include "session.h"
@@ -104,7 +105,7 @@ static void pass_eof(relay_dir_t *d)
         size_t n;
         char *out = tls_out_take(d->dst_tls, &n);
         if (out) {
-            copy_write_t *w = malloc(sizeof *w);
+            copy_write_t *w = xmalloc(sizeof *w);
             w->d = NULL; /* nothing to resume */
             w->data = out;
             uv_buf_t b = uv_buf_init(out, (unsigned)n);
@@ -160,12 +161,12 @@ static void copy_written(uv_write_t *req, int status)
 /* Queues a copy (or takes ownership of `owned`) towards d's dst. */
 static void queue_write(relay_dir_t *d, const char *data, size_t len, char *owned)
 {
-    copy_write_t *w = malloc(sizeof *w);
+    copy_write_t *w = xmalloc(sizeof *w);
     w->d = d;
     if (owned) {
         w->data = owned;
     } else {
-        w->data = malloc(len);
+        w->data = xmalloc(len);
         memcpy(w->data, data, len);
     }
     uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
@@ -253,9 +254,9 @@ static void pump(relay_dir_t *d)
             deliver(d, d->plain, (size_t)n);
             continue;
         }
-        if (n == TLS_AGAIN)
+        if (n == PT_AGAIN)
             break;
-        if (n == TLS_EOF) {
+        if (n == PT_EOF) {
             src_eof(d);
             break;
         }
@@ -317,15 +318,15 @@ int relay_start(session_t *s)
     uv_stream_t *ust = upstream_stream(s);
     if (!ust)
         return -1;
-    relay_t *r = calloc(1, sizeof *r);
+    relay_t *r = xcalloc(1, sizeof *r);
     size_t size = s->cfg->proxy_buffer;
     tls_conn_t *ctls = s->tls_active ? s->ctls : NULL, *utls = upstream_tls(s);
     r->s = s;
     r->up = (relay_dir_t){ .r = r, .src = (uv_stream_t *)&s->client, .dst = ust, .src_tls = ctls, .dst_tls = utls,
-                           .buf = malloc(size), .plain = ctls ? malloc(size) : NULL, .size = size,
+                           .buf = xmalloc(size), .plain = ctls ? xmalloc(size) : NULL, .size = size,
                            .count = &s->bytes_in };
     r->down = (relay_dir_t){ .r = r, .src = ust, .dst = (uv_stream_t *)&s->client, .src_tls = utls, .dst_tls = ctls,
-                             .buf = malloc(size), .plain = utls ? malloc(size) : NULL, .size = size,
+                             .buf = xmalloc(size), .plain = utls ? xmalloc(size) : NULL, .size = size,
                              .count = &s->bytes_out };
     s->relay = r;
     if (!r->up.buf || !r->down.buf)

@@ -1,5 +1,6 @@
 /* sasl.c: SASL mechanisms over base64, MD5 and HMAC from mbedTLS. */
 #include "sasl.h"
+#include "mem.h"
 
 #include "config.h"
 
@@ -78,7 +79,14 @@ static void set(char **field, const char *v, size_t len)
         explicit_bzero(*field, strlen(*field));
         free(*field);
     }
-    *field = strndup(v, len);
+    *field = xstrndup(v, len);
+}
+
+/* A client message refused, and why (the replies differ). */
+static int fault(sasl_t *sa, sasl_fault_t why)
+{
+    sa->fault = why;
+    return PT_INVALID;
 }
 
 static int challenge_text(char *challenge, size_t chlen, const char *text)
@@ -86,7 +94,7 @@ static int challenge_text(char *challenge, size_t chlen, const char *text)
     char *b = sasl_b64_encode(text, strlen(text));
     snprintf(challenge, chlen, "%s", b ? b : "");
     free(b);
-    return SASL_NEXT;
+    return PT_AGAIN;
 }
 
 int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *server_name,
@@ -105,7 +113,7 @@ int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *s
     case SASL_CRAM_MD5:
         cred->mechanism = "cram-md5";
         if (ir) /* RFC 2195: the server speaks first */
-            return SASL_BAD_IR;
+            return fault(sa, SASL_FAULT_IR);
         sasl_make_salt(sa->salt, sizeof sa->salt, server_name);
         return challenge_text(challenge, chlen, sa->salt);
     case SASL_PLAIN:
@@ -121,10 +129,10 @@ int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *s
         cred->mechanism = "external";
         break;
     default:
-        return SASL_BAD_MECH;
+        return PT_ERROR;
     }
     if (!ir)
-        return SASL_NEXT; /* an empty challenge: "+ " / "334 " */
+        return PT_AGAIN; /* an empty challenge: "+ " / "334 " */
     return sasl_step(sa, ir, irlen, cred, challenge, chlen);
 }
 
@@ -198,25 +206,25 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
 {
     challenge[0] = '\0';
     if (len == 1 && line[0] == '*')
-        return SASL_CANCELLED;
+        return PT_DECLINED;
     size_t n;
     char *msg = sasl_b64_decode(line, len, &n);
     if (!msg)
-        return SASL_BAD_BASE64;
-    int rc = SASL_DONE;
+        return fault(sa, SASL_FAULT_BASE64);
+    int rc = PT_OK;
     /* Only PLAIN has NULs of its own: anywhere else one would cut a
      * credential short without a word. */
     if (sa->mech != SASL_PLAIN && memchr(msg, '\0', n)) {
         explicit_bzero(msg, n);
         free(msg);
         sa->mech = 0;
-        return SASL_BAD_MESSAGE;
+        return fault(sa, SASL_FAULT_MESSAGE);
     }
     switch (sa->mech) {
     case SASL_PLAIN: {
         const char *authzid, *authcid, *passwd;
         if (sasl_plain_split(msg, n, &authzid, &authcid, &passwd) < 0) {
-            rc = SASL_BAD_MESSAGE;
+            rc = PT_INVALID;
             break;
         }
         set(&cred->user, authcid, strlen(authcid));
@@ -233,7 +241,7 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
             sa->step = 1;
             rc = challenge_text(challenge, chlen, "Password:");
         } else if (!cred->user || !cred->user[0]) {
-            rc = SASL_BAD_MESSAGE;
+            rc = PT_INVALID;
         } else {
             set(&cred->password, msg, n);
         }
@@ -243,7 +251,7 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
         const char *sp = memrchr(msg, ' ', n);
         size_t dlen = sp ? n - (size_t)(sp + 1 - msg) : 0;
         if (!sp || sp == msg || dlen != 32 || strspn(sp + 1, "0123456789abcdef") != 32) {
-            rc = SASL_BAD_MESSAGE;
+            rc = PT_INVALID;
             break;
         }
         set(&cred->user, msg, (size_t)(sp - msg));
@@ -253,11 +261,11 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
     }
     case SASL_XOAUTH2:
         if (parse_bearer_kv(msg, msg + n, cred, true) < 0)
-            rc = SASL_BAD_MESSAGE;
+            rc = PT_INVALID;
         break;
     case SASL_OAUTHBEARER:
         if (oauthbearer(msg, n, cred) < 0)
-            rc = SASL_BAD_MESSAGE;
+            rc = PT_INVALID;
         break;
     case SASL_EXTERNAL:
         /* the authorization identity, often empty: the certificate says who */
@@ -265,19 +273,21 @@ int sasl_step(sasl_t *sa, const char *line, size_t len, credentials_t *cred, cha
             set(&cred->authzid, msg, n);
         break;
     default:
-        rc = SASL_BAD_MECH;
+        rc = PT_ERROR;
     }
     /* Nothing that could end a protocol line may pass. */
-    if (rc == SASL_DONE &&
+    if (rc == PT_OK &&
         ((cred->user && !sasl_safe_credential(cred->user, strlen(cred->user))) ||
          (cred->password && !sasl_safe_credential(cred->password, strlen(cred->password))) ||
          (cred->authzid && !sasl_safe_credential(cred->authzid, strlen(cred->authzid))) ||
          memchr(msg, '\r', n) || memchr(msg, '\n', n)))
-        rc = SASL_BAD_MESSAGE;
+        rc = PT_INVALID;
     explicit_bzero(msg, n);
     free(msg);
-    if (rc == SASL_DONE || rc == SASL_BAD_MESSAGE)
-        sa->mech = rc == SASL_DONE ? sa->mech : 0;
+    if (rc == PT_INVALID) {
+        sa->mech = 0;
+        return fault(sa, SASL_FAULT_MESSAGE);
+    }
     return rc;
 }
 
@@ -318,7 +328,7 @@ char *sasl_client_response(int mech, const char *user, const char *password)
 char *sasl_plain_message(const char *user, const char *password)
 {
     size_t ul = strlen(user), pl = strlen(password);
-    char *msg = malloc(ul + pl + 2);
+    char *msg = xmalloc(ul + pl + 2);
     msg[0] = '\0';
     memcpy(msg + 1, user, ul);
     msg[1 + ul] = '\0';
@@ -331,9 +341,7 @@ char *sasl_plain_message(const char *user, const char *password)
 
 static char *b64_of_printf(const char *fmt, const char *a, const char *b)
 {
-    char *msg = NULL;
-    if (asprintf(&msg, fmt, a, b) < 0)
-        return NULL;
+    char *msg = xasprintf(fmt, a, b);
     char *r = sasl_b64_encode(msg, strlen(msg));
     explicit_bzero(msg, strlen(msg));
     free(msg);
@@ -348,7 +356,7 @@ char *sasl_xoauth2_message(const char *user, const char *token)
 char *sasl_oauthbearer_message(const char *user, const char *token)
 {
     /* RFC 5801 saslname: "," is "=2C" and "=" is "=3D" */
-    char *esc = malloc(strlen(user) * 3 + 1), *e = esc;
+    char *esc = xmalloc(strlen(user) * 3 + 1), *e = esc;
     for (const char *u = user; *u; u++) {
         if (*u == ',')
             memcpy(e, "=2C", 3), e += 3;
@@ -371,7 +379,7 @@ char *sasl_b64_decode(const char *in, size_t len, size_t *outlen)
 {
     if (len == 1 && in[0] == '=') { /* RFC 4959: an empty initial response */
         *outlen = 0;
-        return calloc(1, 1);
+        return xcalloc(1, 1);
     }
     /* RFC 4648 base64 comes padded: a cut-off group is an error, not a
      * shorter credential; and nothing outside the alphabet (mbedTLS would
@@ -388,9 +396,7 @@ char *sasl_b64_decode(const char *in, size_t len, size_t *outlen)
     int rc = mbedtls_base64_decode(NULL, 0, &n, (const unsigned char *)in, len);
     if (rc == MBEDTLS_ERR_BASE64_INVALID_CHARACTER)
         return NULL;
-    char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
+    char *out = xmalloc(n + 1);
     if (mbedtls_base64_decode((unsigned char *)out, n + 1, &n, (const unsigned char *)in, len) != 0) {
         free(out);
         return NULL;
@@ -404,9 +410,7 @@ char *sasl_b64_encode(const void *in, size_t len)
 {
     size_t n = 0;
     mbedtls_base64_encode(NULL, 0, &n, in, len);
-    char *out = malloc(n + 1);
-    if (!out)
-        return NULL;
+    char *out = xmalloc(n + 1);
     if (mbedtls_base64_encode((unsigned char *)out, n + 1, &n, in, len) != 0) {
         free(out);
         return NULL;

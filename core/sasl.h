@@ -6,6 +6,8 @@
 #ifndef POSTERN_SASL_H
 #define POSTERN_SASL_H
 
+#include "status.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -31,21 +33,21 @@ enum {
     SASL_EXTERNAL,           /* the TLS client certificate (RFC 4422 appendix A) */
 };
 
+/* Why a client's SASL message was refused (PT_INVALID): each protocol
+ * words these differently. */
+typedef enum {
+    SASL_FAULT_NONE,
+    SASL_FAULT_BASE64,       /* not base64 */
+    SASL_FAULT_MESSAGE,      /* well-formed base64, wrong content */
+    SASL_FAULT_IR,           /* an initial response where the server speaks first */
+} sasl_fault_t;
+
 typedef struct sasl {
     int mech;                /* SASL_* in progress, 0 when none */
     int step;
+    sasl_fault_t fault;      /* after PT_INVALID */
     char salt[160];          /* CRAM-MD5 */
 } sasl_t;
-
-enum {
-    SASL_NEXT,               /* send `challenge` (base64, may be empty) and read a line */
-    SASL_DONE,               /* credentials are complete */
-    SASL_CANCELLED,          /* the client sent "*" */
-    SASL_BAD_MECH,           /* unknown or not offered */
-    SASL_BAD_BASE64,
-    SASL_BAD_MESSAGE,        /* well-formed base64, wrong content */
-    SASL_BAD_IR,             /* an initial response where the server speaks first */
-};
 
 /* Mechanism names and the AUTH_* bits of config.h. */
 int sasl_mech_from_name(const char *name, size_t len, unsigned offered);
@@ -54,8 +56,13 @@ const char *sasl_mech_name(int mech);   /* "PLAIN", ... */
 void sasl_mech_list(unsigned offered, char *out, size_t outlen);
 
 /* Starts `mech` (SASL_*), with the initial response ir (NULL: none; "="
- * is the empty one). Returns SASL_NEXT with a challenge, or what
- * sasl_step would return for ir. */
+ * is the empty one). Returns what sasl_step would return for ir, or, with
+ * no ir, PT_AGAIN and a challenge. sasl_step returns:
+ *   PT_AGAIN     send `challenge` (base64, may be empty) and read a response
+ *   PT_OK        the credentials are complete
+ *   PT_DECLINED  the client sent "*"
+ *   PT_INVALID   refused: sa->fault says why
+ *   PT_ERROR     an unknown mechanism */
 int sasl_begin(sasl_t *sa, int mech, const char *ir, size_t irlen, const char *server_name,
                credentials_t *cred, char *challenge, size_t chlen);
 /* A continuation line from the client. */

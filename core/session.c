@@ -3,6 +3,7 @@
  * callback first checks that the session is not closing. All memory of a
  * session is freed in session_free(), once its last uv handle is closed. */
 #include "session.h"
+#include "mem.h"
 
 #include "log.h"
 #include "proxy_proto.h"
@@ -107,9 +108,7 @@ static void start_protocol(session_t *s)
 
 void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
 {
-    session_t *s = calloc(1, sizeof *s);
-    if (!s)
-        return;
+    session_t *s = xcalloc(1, sizeof *s);
     s->loop = server->loop;
     s->cfg = config_acquire(cfg);
     s->listener = l;
@@ -140,7 +139,7 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     if (uv_tcp_getsockname(&s->client, (struct sockaddr *)&ss, &len) == 0)
         addr_to_string(&ss, s->local_ip, sizeof s->local_ip, &s->local_port);
 
-    s->pstate = calloc(1, s->proto->state_size);
+    s->pstate = xcalloc(1, s->proto->state_size);
     s->policy = lb_policy_acquire();
     s->next = sessions;
     if (sessions)
@@ -185,7 +184,7 @@ static void proxy_header_input(session_t *s)
     proxy_addr_t a;
     const char *err = "bad PROXY header";
     int n = proxy_parse(s->cin.data, s->cin.len, &a, &err);
-    if (n == 0)
+    if (n == PT_AGAIN)
         return;
     if (n < 0) {
         session_log(s, LL_INFO, "%s", err);
@@ -206,7 +205,7 @@ static void proxy_header_input(session_t *s)
     if (s->listener->tls) {
         /* what followed the header is the start of the TLS handshake */
         size_t len = s->cin.len;
-        char *early = len ? malloc(len) : NULL;
+        char *early = len ? xmalloc(len) : NULL;
         if (early)
             memcpy(early, s->cin.data, len);
         s->cin.len = 0;
@@ -295,7 +294,7 @@ static void client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     (void)suggested;
     if (s->ctls) { /* ciphertext goes to a scratch buffer, plaintext to cin */
         if (!s->raw)
-            s->raw = malloc(SESSION_RAW_SIZE);
+            s->raw = xmalloc(SESSION_RAW_SIZE);
         *b = uv_buf_init(s->raw, s->raw ? SESSION_RAW_SIZE : 0);
         return;
     }
@@ -364,10 +363,10 @@ static int client_decrypt(session_t *s)
             added += n;
             continue;
         }
-        if (n == TLS_AGAIN)
+        if (n == PT_AGAIN)
             break;
         flush_tls(s);
-        if (n == TLS_EOF) {
+        if (n == PT_EOF) {
             if (s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
                 s->client_eof = true;
                 s->close_reason = "client closed connection";
@@ -393,9 +392,9 @@ static void client_tls_input(session_t *s, const char *data, size_t len)
     if (!tls_handshake_done(s->ctls)) {
         int rc = tls_handshake(s->ctls);
         flush_tls(s);
-        if (rc == TLS_AGAIN)
+        if (rc == PT_AGAIN)
             return;
-        if (rc == TLS_ERROR) {
+        if (rc == PT_ERROR) {
             session_log(s, LL_INFO, "%s", tls_error(s->ctls));
             session_close(s, "TLS handshake failed");
             return;
@@ -520,12 +519,7 @@ static void write_raw(session_t *s, char *data, size_t len)
         free(data);
         return;
     }
-    write_req_t *w = malloc(sizeof *w);
-    if (!w) {
-        free(data);
-        session_close(s, "out of memory");
-        return;
-    }
+    write_req_t *w = xmalloc(sizeof *w);
     w->s = s;
     w->len = len;
     w->data = data;
@@ -558,11 +552,7 @@ void session_write(session_t *s, const void *data, size_t len)
         flush_tls(s);
         return;
     }
-    char *copy = malloc(len);
-    if (!copy) {
-        session_close(s, "out of memory");
-        return;
-    }
+    char *copy = xmalloc(len);
     memcpy(copy, data, len);
     write_raw(s, copy, len);
 }
@@ -789,7 +779,7 @@ void session_authenticate(session_t *s)
         if (!s->cred.user) { /* the user: the authzid, else the certificate's CN */
             const char *cn = strstr(subject, "CN=");
             const char *id = s->cred.authzid ? s->cred.authzid : cn ? cn + 3 : subject;
-            s->cred.user = strndup(id, strcspn(id, ","));
+            s->cred.user = xstrndup(id, strcspn(id, ","));
         }
     }
     s->login_attempt++;
@@ -904,7 +894,7 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
     }
     upstreams_free(ups, nups);
     if (!r) {
-        r = calloc(1, sizeof *r);
+        r = xcalloc(1, sizeof *r);
         r->temporary = outcome != HOOK_REFUSE;
     }
     if (outcome == HOOK_ERROR) {

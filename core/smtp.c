@@ -6,6 +6,7 @@
  * no-auth case, and hands over to the relay: DATA and everything after
  * it pass through unchanged, in the order the client sent them. */
 #include "proto.h"
+#include "mem.h"
 
 #include "buf.h"
 #include "config.h"
@@ -69,7 +70,7 @@ static void smtp_cleanup(session_t *s)
 /* The upstream's reply whose last line is `line`, whole, for the client. */
 static char *upstream_reply_text(const smtp_state_t *st, const char *line, size_t len)
 {
-    return str_printf("%.*s%.*s\r\n", (int)st->ucont_len, st->ucont ? st->ucont : "", (int)len, line);
+    return xasprintf("%.*s%.*s\r\n", (int)st->ucont_len, st->ucont ? st->ucont : "", (int)len, line);
 }
 
 static bool auth_required(const session_t *s)
@@ -88,7 +89,7 @@ static char *smtp_capabilities(const char *configured, unsigned auth, int startt
     char *caps = NULL;
     if (asprintf(&caps, "%s%s%s%s%s", base, base[0] && (mechs[0] || starttls) ? "\n" : "",
                  mechs[0] ? "AUTH " : "", mechs, starttls ? (mechs[0] ? "\nSTARTTLS" : "STARTTLS") : "") < 0)
-        return strdup(base);
+        return xstrdup(base);
     return caps;
 }
 
@@ -160,7 +161,7 @@ static void smtp_auth_refused(session_t *s, const refusal_t *r)
         char challenge[256];
         sasl_oauth_error(challenge, sizeof challenge, r->temporary);
         free(st->oauth_failure);
-        st->oauth_failure = str_printf("%s %s\r\n", code, msg);
+        st->oauth_failure = xasprintf("%s %s\r\n", code, msg);
         session_printf(s, "334 %s\r\n", challenge);
         st->state = C_OAUTH_ERROR;
         return;
@@ -172,23 +173,25 @@ static void smtp_auth_refused(session_t *s, const refusal_t *r)
 static void sasl_result(session_t *s, int rc, const char *challenge)
 {
     smtp_state_t *st = st_of(s);
+    if (rc == PT_INVALID) /* one case per reason */
+        rc = PT_INVALID * 16 + (int)st->sasl.fault;
     st->state = C_COMMAND;
     switch (rc) {
-    case SASL_NEXT:
+    case PT_AGAIN:
         st->state = C_SASL;
         session_printf(s, "334 %s\r\n", challenge);
         return;
-    case SASL_DONE:
+    case PT_OK:
         session_authenticate(s);
         return;
-    case SASL_CANCELLED:
+    case PT_DECLINED:
         session_printf(s, "501 5.7.0 Authentication cancelled\r\n");
         return;
-    case SASL_BAD_BASE64:
+    case PT_INVALID * 16 + SASL_FAULT_BASE64:
         session_printf(s, "501 5.5.2 Cannot decode response\r\n");
         session_error(s);
         return;
-    case SASL_BAD_IR: /* RFC 4954 §4: 501 */
+    case PT_INVALID * 16 + SASL_FAULT_IR: /* RFC 4954 §4: 501 */
         session_printf(s, "501 5.5.4 This mechanism takes no initial response\r\n");
         session_error(s);
         return;
@@ -224,7 +227,7 @@ static char *path_address(const char *arg, size_t al, const char *prefix)
     const char *gt = memchr(p, '>', (size_t)(end - p));
     if (!gt)
         return NULL;
-    return strndup(p + 1, (size_t)(gt - p - 1));
+    return xstrndup(p + 1, (size_t)(gt - p - 1));
 }
 
 /* The limit this listener advertises ("SIZE n" in EHLO), 0 for none. */
@@ -280,7 +283,7 @@ static void command(session_t *s, char *line, size_t len)
         }
         /* a new EHLO starts the session over (RFC 5321 §4.1.4) */
         envelope_clear(&s->env);
-        s->env.helo = strndup(arg, al);
+        s->env.helo = xstrndup(arg, al);
         st->esmtp = is_verb(line, vl, "EHLO");
         if (!st->esmtp) {
             session_printf(s, "250 %s\r\n", s->cfg->server_name);
@@ -359,7 +362,7 @@ static void command(session_t *s, char *line, size_t len)
         }
         free(s->env.mail_from);
         s->env.mail_from = addr;
-        s->env.mail_line = strndup(line, len);
+        s->env.mail_line = xstrndup(line, len);
         session_printf(s, "250 2.1.0 Ok\r\n");
     } else if (is_verb(line, vl, "RCPT")) {
         if (auth_required(s)) {
@@ -385,7 +388,7 @@ static void command(session_t *s, char *line, size_t len)
          * upstream it picks gets the whole transaction. */
         s->env.rcpt_to[s->env.nrcpt++] = addr;
         free(s->env.rcpt_line);
-        s->env.rcpt_line = strndup(line, len);
+        s->env.rcpt_line = xstrndup(line, len);
         session_reset_credentials(s);
         s->cred.mechanism = "none";
         session_authenticate(s);
@@ -445,7 +448,7 @@ static void smtp_client_input(session_t *s)
             }
             return;
         }
-        char *line = malloc(ll + 1);
+        char *line = xmalloc(ll + 1);
         memcpy(line, s->cin.data, ll);
         line[ll] = '\0';
         buf_consume(&s->cin, used);
@@ -484,7 +487,7 @@ static void send_line(session_t *s, char *line)
 /* RFC 3461 xtext, as XCLIENT wants its values (nginx 6f81314a0). */
 static char *xtext(const char *v)
 {
-    char *out = malloc(strlen(v) * 3 + 1), *p = out;
+    char *out = xmalloc(strlen(v) * 3 + 1), *p = out;
     for (const unsigned char *c = (const unsigned char *)v; *c; c++) {
         if (*c < '!' || *c > '~' || *c == '+' || *c == '=')
             p += sprintf(p, "+%02X", *c);
@@ -520,7 +523,7 @@ static void send_mail(session_t *s)
 {
     smtp_state_t *st = st_of(s);
     st->ustate = U_MAIL;
-    send_line(s, str_printf("%s\r\n", s->env.mail_line));
+    send_line(s, xasprintf("%s\r\n", s->env.mail_line));
 }
 
 static void send_xclient(session_t *s)
@@ -570,14 +573,14 @@ static void send_auth(session_t *s)
     st->ustate = U_AUTH;
     if (mech == SASL_LOGIN) {
         char *bu = sasl_b64_encode(user, strlen(user)), *bp = sasl_b64_encode(pass, strlen(pass));
-        st->pending[st->npending++] = str_printf("%s\r\n", bp);
-        send_line(s, str_printf("AUTH LOGIN %s\r\n", bu));
+        st->pending[st->npending++] = xasprintf("%s\r\n", bp);
+        send_line(s, xasprintf("AUTH LOGIN %s\r\n", bu));
         str_wipe_free(&bu);
         str_wipe_free(&bp);
         return;
     }
     char *b64 = sasl_client_response(mech, user, pass);
-    send_line(s, str_printf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
+    send_line(s, xasprintf("AUTH %s %s\r\n", sasl_mech_name(mech), b64));
     str_wipe_free(&b64);
 }
 
@@ -679,13 +682,13 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         st->ustate = U_EHLO;
-        send_line(s, str_printf("EHLO %s\r\n", s->cfg->server_name));
+        send_line(s, xasprintf("EHLO %s\r\n", s->cfg->server_name));
         return;
     case U_EHLO:
         if (code == 500 || code == 502) { /* an old server: HELO, with no extensions (RFC 5321 4.1.4) */
             st->ustate = U_HELO;
             st->ucaps = 0;
-            send_line(s, str_printf("HELO %s\r\n", s->cfg->server_name));
+            send_line(s, xasprintf("HELO %s\r\n", s->cfg->server_name));
             return;
         }
         /* fall through */
@@ -723,7 +726,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
         /* XCLIENT starts a new session: greet again, with the client's name */
         st->ustate = U_XCLIENT_EHLO;
         st->ucaps &= ~(unsigned)(UC_XCLIENT);
-        send_line(s, str_printf("%s %s\r\n", st->esmtp || !s->env.helo ? "EHLO" : "HELO",
+        send_line(s, xasprintf("%s %s\r\n", st->esmtp || !s->env.helo ? "EHLO" : "HELO",
                              s->env.helo ? s->env.helo : s->cfg->server_name));
         return;
     case U_AUTH:
@@ -755,7 +758,7 @@ static void upstream_reply(session_t *s, int code, const char *line, size_t len)
             return;
         }
         st->ustate = U_RCPT;
-        send_line(s, str_printf("%s\r\n", s->env.rcpt_line));
+        send_line(s, xasprintf("%s\r\n", s->env.rcpt_line));
         return;
     case U_RCPT: {
         /* the upstream's answer to the client's RCPT, whatever it is; the
@@ -773,7 +776,7 @@ static void smtp_upstream_input(session_t *s)
     smtp_state_t *st = st_of(s);
     size_t ll, used;
     while (s->phase == PHASE_UPSTREAM && s->uin.len > 0 && buf_find_line(s->uin.data, s->uin.len, &ll, &used)) {
-        char *line = malloc(ll + 1);
+        char *line = xmalloc(ll + 1);
         memcpy(line, s->uin.data, ll);
         line[ll] = '\0';
         buf_consume(&s->uin, used);
@@ -790,7 +793,7 @@ static void smtp_upstream_input(session_t *s)
             st->ucont_len = 0;
         } else if (st->ucont_len + ll + 2 <= SMTP_UCONT_MAX) {
             if (!st->ucont)
-                st->ucont = malloc(SMTP_UCONT_MAX);
+                st->ucont = xmalloc(SMTP_UCONT_MAX);
             memcpy(st->ucont + st->ucont_len, line, ll);
             memcpy(st->ucont + st->ucont_len + ll, "\r\n", 2);
             st->ucont_len += ll + 2;
@@ -813,7 +816,7 @@ static void smtp_upstream_tls_ready(session_t *s)
     smtp_state_t *st = st_of(s);
     st->ustate = U_EHLO;
     st->ucaps = 0;
-    send_line(s, str_printf("EHLO %s\r\n", s->cfg->server_name));
+    send_line(s, xasprintf("EHLO %s\r\n", s->cfg->server_name));
 }
 
 const proto_t proto_smtp = {

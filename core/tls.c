@@ -3,6 +3,7 @@
  * fed in, ciphertext to send collects in an output buffer the caller
  * flushes, so the event loop never blocks on TLS. */
 #include "tls.h"
+#include "mem.h"
 
 #include "buf.h"
 
@@ -154,7 +155,7 @@ static int load_cert(tls_cert_t *c, const tls_cert_conf_t *cc, char *err, size_t
 {
     mbedtls_x509_crt_init(&c->crt);
     mbedtls_pk_init(&c->key);
-    c->name = cc->name ? strdup(cc->name) : NULL;
+    c->name = cc->name ? xstrdup(cc->name) : NULL;
     if (!regular_file(cc->certificate, "certificate", err, errlen) || !regular_file(cc->key, "key", err, errlen))
         return -1;
     int rc = mbedtls_x509_crt_parse_file(&c->crt, cc->certificate);
@@ -180,8 +181,8 @@ static int load_cert(tls_cert_t *c, const tls_cert_conf_t *cc, char *err, size_t
 
 static int *parse_ciphers(const char *list, char *err, size_t errlen)
 {
-    int *ids = calloc(256, sizeof *ids), n = 0;
-    char *copy = strdup(list), *save = NULL;
+    int *ids = xcalloc(256, sizeof *ids), n = 0;
+    char *copy = xstrdup(list), *save = NULL;
     for (char *w = strtok_r(copy, ": ,", &save); w && n < 255; w = strtok_r(NULL, ": ,", &save)) {
         int id = mbedtls_ssl_get_ciphersuite_id(w);
         if (id == 0) {
@@ -203,13 +204,13 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
         snprintf(err, errlen, "cannot seed the random generator");
         return NULL;
     }
-    tls_server_t *s = calloc(1, sizeof *s);
+    tls_server_t *s = xcalloc(1, sizeof *s);
     s->refs = 1;
     mbedtls_ssl_config_init(&s->conf);
     mbedtls_x509_crt_init(&s->ca);
     mbedtls_ssl_cache_init(&s->cache);
     mbedtls_ssl_ticket_init(&s->ticket);
-    s->certs = calloc(c->ncerts, sizeof *s->certs);
+    s->certs = xcalloc(c->ncerts, sizeof *s->certs);
     for (int i = 0; i < c->ncerts; i++) {
         s->ncerts++;
         if (load_cert(&s->certs[i], &c->certs[i], err, errlen) < 0)
@@ -308,7 +309,7 @@ tls_client_t *tls_client_new(const char *ca_file, char *err, size_t errlen)
         snprintf(err, errlen, "cannot seed the random generator");
         return NULL;
     }
-    tls_client_t *c = calloc(1, sizeof *c);
+    tls_client_t *c = xcalloc(1, sizeof *c);
     mbedtls_x509_crt_init(&c->ca);
     mbedtls_ssl_config_init(&c->verify);
     mbedtls_ssl_config_init(&c->noverify);
@@ -361,9 +362,9 @@ static tls_identity_t *identity(tls_client_t *c, const char *cert, const char *k
     for (tls_identity_t *id = c->ids; id; id = id->next)
         if (strcmp(id->certificate, cert) == 0 && strcmp(id->key, key) == 0)
             return id;
-    tls_identity_t *id = calloc(1, sizeof *id);
-    id->certificate = strdup(cert);
-    id->key = strdup(key);
+    tls_identity_t *id = xcalloc(1, sizeof *id);
+    id->certificate = xstrdup(cert);
+    id->key = xstrdup(key);
     mbedtls_ssl_config_init(&id->verify);
     mbedtls_ssl_config_init(&id->noverify);
     tls_cert_conf_t cc = { NULL, cert, key };
@@ -420,7 +421,7 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
 
 static tls_conn_t *conn_new(const mbedtls_ssl_config *conf)
 {
-    tls_conn_t *t = calloc(1, sizeof *t);
+    tls_conn_t *t = xcalloc(1, sizeof *t);
     mbedtls_ssl_init(&t->ssl);
     buf_init(&t->in, TLS_IN_MAX);
     buf_init(&t->out, TLS_OUT_MAX);
@@ -481,7 +482,7 @@ int tls_feed(tls_conn_t *t, const char *data, size_t len)
         buf_consume(&t->in, t->in_off);
         t->in_off = 0;
     }
-    return buf_append(&t->in, data, len) < 0 ? TLS_ERROR : TLS_OK;
+    return buf_append(&t->in, data, len) < 0 ? PT_ERROR : PT_OK;
 }
 
 void tls_feed_eof(tls_conn_t *t)
@@ -505,22 +506,22 @@ static int fail(tls_conn_t *t, int rc, const char *what)
     } else {
         errtext(rc, t->err, sizeof t->err, what);
     }
-    return TLS_ERROR;
+    return PT_ERROR;
 }
 
 int tls_handshake(tls_conn_t *t)
 {
     if (t->hs_done)
-        return TLS_OK;
+        return PT_OK;
     if (t->failed)
-        return TLS_ERROR;
+        return PT_ERROR;
     int rc = mbedtls_ssl_handshake(&t->ssl);
     if (rc == 0) {
         t->hs_done = true;
-        return TLS_OK;
+        return PT_OK;
     }
     if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-        return TLS_AGAIN;
+        return PT_AGAIN;
     return fail(t, rc, "TLS handshake");
 }
 
@@ -539,16 +540,16 @@ int tls_read(tls_conn_t *t, char *out, size_t len)
             /* 0 is EOF only when the socket said so; else an empty record
              * (Mbed-TLS/mbedtls#6508): read on */
             if (t->eof && t->in_off == t->in.len)
-                return TLS_EOF;
+                return PT_EOF;
             continue;
         }
         if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
-            return TLS_AGAIN;
+            return PT_AGAIN;
         if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
-            return TLS_EOF;
+            return PT_EOF;
         return fail(t, rc, "TLS read");
     }
-    return TLS_AGAIN;
+    return PT_AGAIN;
 }
 
 int tls_write(tls_conn_t *t, const char *data, size_t len)
@@ -564,7 +565,7 @@ int tls_write(tls_conn_t *t, const char *data, size_t len)
             continue; /* our BIO never blocks: try again */
         return fail(t, rc, "TLS write");
     }
-    return TLS_OK;
+    return PT_OK;
 }
 
 void tls_close_notify(tls_conn_t *t)
@@ -583,7 +584,7 @@ char *tls_out_take(tls_conn_t *t, size_t *len)
     *len = t->out.len;
     if (t->out.len == 0)
         return NULL;
-    char *p = malloc(t->out.len);
+    char *p = xmalloc(t->out.len);
     memcpy(p, t->out.data, t->out.len);
     t->out.len = 0;
     return p;
@@ -721,7 +722,7 @@ bool tls_peer_nginx(const tls_conn_t *t, tls_peer_nginx_t *out)
     static const char begin[] = "-----BEGIN CERTIFICATE-----\n", end[] = "-----END CERTIFICATE-----\n";
     size_t pemlen = 0; /* a first call only measures */
     mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, NULL, 0, &pemlen);
-    out->pem = malloc(pemlen + 1);
+    out->pem = xmalloc(pemlen + 1);
     if (out->pem &&
         mbedtls_pem_write_buffer(begin, end, crt->raw.p, crt->raw.len, (unsigned char *)out->pem, pemlen + 1, &pemlen) != 0) {
         free(out->pem);

@@ -5,6 +5,8 @@
 #ifndef POSTERN_TLS_H
 #define POSTERN_TLS_H
 
+#include "status.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -30,8 +32,6 @@ typedef struct tls_server_conf {
     const char *alpn;              /* the protocol's ALPN id ("imap"); a client offering only others is refused */
 } tls_server_conf_t;
 
-enum { TLS_OK = 0, TLS_AGAIN = -1, TLS_EOF = -2, TLS_ERROR = -3 };
-
 /* Once per process. */
 int tls_global_init(void);
 void tls_global_free(void);
@@ -54,13 +54,13 @@ void tls_conn_free(tls_conn_t *t);
 /* Ciphertext from the socket; `eof` once the socket said EOF. */
 int tls_feed(tls_conn_t *t, const char *data, size_t len);
 void tls_feed_eof(tls_conn_t *t);
-/* TLS_OK when the handshake is complete, TLS_AGAIN to wait for input,
- * TLS_ERROR (tls_error says why). Flush tls_out afterwards. */
+/* PT_OK when the handshake is complete, PT_AGAIN to wait for input,
+ * PT_ERROR (tls_error says why). Flush tls_out afterwards. */
 int tls_handshake(tls_conn_t *t);
 bool tls_handshake_done(const tls_conn_t *t);
-/* Plaintext: > 0 bytes, TLS_AGAIN (nothing buffered), TLS_EOF, TLS_ERROR. */
+/* Plaintext: > 0 bytes, PT_AGAIN (nothing buffered), PT_EOF, PT_ERROR. */
 int tls_read(tls_conn_t *t, char *out, size_t len);
-/* Encrypts all of data into the output buffer; 0 or TLS_ERROR. */
+/* Encrypts all of data into the output buffer; 0 or PT_ERROR. */
 int tls_write(tls_conn_t *t, const char *data, size_t len);
 void tls_close_notify(tls_conn_t *t);
 /* The ciphertext waiting to be sent: take it all (the buffer is reset). */

@@ -3,6 +3,7 @@
  * be closed (and its memory released in the close callback) while the
  * session goes on with the next upstream. */
 #include "upstream.h"
+#include "mem.h"
 
 #include "log.h"
 #include "proxy_proto.h"
@@ -95,7 +96,7 @@ static void write_raw(session_t *s, char *data, size_t len)
         free(data);
         return;
     }
-    up_write_t *w = malloc(sizeof *w);
+    up_write_t *w = xmalloc(sizeof *w);
     w->len = len;
     w->data = data;
     uv_buf_t b = uv_buf_init(data, (unsigned)len);
@@ -127,7 +128,7 @@ void upstream_write(session_t *s, const void *data, size_t len)
         flush_tls(s);
         return;
     }
-    char *copy = malloc(len);
+    char *copy = xmalloc(len);
     memcpy(copy, data, len);
     write_raw(s, copy, len);
 }
@@ -172,7 +173,7 @@ static void up_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     session_t *s = up->s;
     if (up->tls) {
         if (!up->raw)
-            up->raw = malloc(UPSTREAM_RAW_SIZE);
+            up->raw = xmalloc(UPSTREAM_RAW_SIZE);
         *b = uv_buf_init(up->raw, up->raw ? UPSTREAM_RAW_SIZE : 0);
         return;
     }
@@ -216,9 +217,9 @@ static void up_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     if (!up->tls_active) {
         int rc = tls_handshake(up->tls);
         flush_tls(s);
-        if (rc == TLS_AGAIN)
+        if (rc == PT_AGAIN)
             return;
-        if (rc == TLS_ERROR) {
+        if (rc == PT_ERROR) {
             /* never falls back to plaintext: the next upstream, or a temporary failure */
             char why[300];
             snprintf(why, sizeof why, "TLS with the upstream failed: %s", tls_error(up->tls));
@@ -245,9 +246,9 @@ static void up_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
             s->uin.len += (size_t)n;
             continue;
         }
-        if (n == TLS_AGAIN)
+        if (n == PT_AGAIN)
             break;
-        session_upstream_failed(s, n == TLS_EOF ? "upstream closed the connection during login" : tls_error(up->tls));
+        session_upstream_failed(s, n == PT_EOF ? "upstream closed the connection during login" : tls_error(up->tls));
         return;
     }
     s->proto->upstream_input(s);
@@ -270,7 +271,7 @@ static void up_connected(uv_connect_t *req, int status)
     session_log(s, LL_DEBUG, "connected to upstream");
     const upstream_t *u = session_upstream(s);
     if (u->proxy_protocol) { /* first on the wire, before TLS: the upstream learns the client's address */
-        char *hdr = malloc(PROXY_HEADER_OUT_MAX);
+        char *hdr = xmalloc(PROXY_HEADER_OUT_MAX);
         size_t n = proxy_format(u->proxy_protocol, s->client_ip, s->client_port, s->local_ip, s->local_port, hdr);
         write_raw(s, hdr, n);
         if (s->phase != PHASE_UPSTREAM || s->up != up)
@@ -344,7 +345,7 @@ void upstream_connect_next(session_t *s)
     /* Connect and login share one budget per upstream: connect_timeout
      * until connected, then the login timeout. */
     session_set_timeout(s, s->cfg->connect_timeout);
-    upstream_conn_t *up = calloc(1, sizeof *up);
+    upstream_conn_t *up = xcalloc(1, sizeof *up);
     up->s = s;
     s->up = up;
     struct sockaddr_storage ss;

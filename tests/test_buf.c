@@ -1,6 +1,7 @@
 /* Unit tests of the bounded buffer and line splitting. */
 #include "buf.h"
 #include "check.h"
+#include "status.h"
 
 int main(void)
 {
@@ -9,7 +10,7 @@ int main(void)
     CHECK_INT(buf_append(&b, "abcd", 4), 0);
     CHECK_INT(buf_append(&b, "efgh", 4), 0);
     CHECK_INT(buf_room(&b), 0);
-    CHECK_INT(buf_append(&b, "i", 1), -1); /* the limit holds */
+    CHECK_INT(buf_append(&b, "i", 1), PT_TOO_BIG); /* the limit holds */
     buf_consume(&b, 3);
     CHECK_INT(b.len, 5);
     CHECK(memcmp(b.data, "defgh", 5) == 0);

@@ -2,6 +2,7 @@
  * balancer sends, cut at every length, and what must be refused. */
 #include "check.h"
 #include "proxy_proto.h"
+#include "status.h"
 
 static const char V2SIG[] = "\r\n\r\n\0\r\nQUIT\n";
 
@@ -18,7 +19,7 @@ int main(void)
     CHECK_INT(a.src_port, 56324);
     CHECK_INT(a.dst_port, 143);
     for (int n = 0; n < hl; n++) /* a header cut anywhere just needs more bytes */
-        CHECK_INT(proxy_parse(v1, (size_t)n, &a, &err), 0);
+        CHECK_INT(proxy_parse(v1, (size_t)n, &a, &err), PT_AGAIN);
 
     const char *v6 = "PROXY TCP6 2001:db8::1 2001:db8::2 1000 993\r\n";
     CHECK_INT(proxy_parse(v6, strlen(v6), &a, &err), (int)strlen(v6));
@@ -42,13 +43,13 @@ int main(void)
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err = NULL;
-        CHECK_INT(proxy_parse(bad[i], strlen(bad[i]), &a, &err), -1);
+        CHECK_INT(proxy_parse(bad[i], strlen(bad[i]), &a, &err), PT_INVALID);
         CHECK(err != NULL);
     }
     char longline[200];
     memset(longline, 'x', sizeof longline);
     memcpy(longline, "PROXY TCP4 ", 11);
-    CHECK_INT(proxy_parse(longline, sizeof longline, &a, &err), -1); /* no CRLF within 107 bytes */
+    CHECK_INT(proxy_parse(longline, sizeof longline, &a, &err), PT_INVALID); /* no CRLF within 107 bytes */
 
     /* v2, formatted by us and parsed back, cut at every length */
     char out[PROXY_HEADER_OUT_MAX];
@@ -58,7 +59,7 @@ int main(void)
     CHECK_INT((unsigned char)out[12], 0x21);
     CHECK_INT((unsigned char)out[13], 0x11);
     for (size_t k = 0; k < n; k++)
-        CHECK_INT(proxy_parse(out, k, &a, &err), 0);
+        CHECK_INT(proxy_parse(out, k, &a, &err), PT_AGAIN);
     CHECK_INT(proxy_parse(out, n, &a, &err), 28);
     CHECK(a.known && a.version == 2 && strcmp(a.src_ip, "192.0.2.7") == 0 && a.src_port == 56324);
     CHECK(strcmp(a.dst_ip, "198.51.100.1") == 0 && a.dst_port == 143);
@@ -86,14 +87,14 @@ int main(void)
     char v2[PROXY_HEADER_OUT_MAX];
     proxy_format(2, "192.0.2.7", 1, "198.51.100.1", 2, v2);
     v2[12] = 0x11;
-    CHECK_INT(proxy_parse(v2, 28, &a, &err), -1);
+    CHECK_INT(proxy_parse(v2, 28, &a, &err), PT_INVALID);
     v2[12] = 0x22;
-    CHECK_INT(proxy_parse(v2, 28, &a, &err), -1);
+    CHECK_INT(proxy_parse(v2, 28, &a, &err), PT_INVALID);
     v2[12] = 0x21;
     v2[15] = 8;
-    CHECK_INT(proxy_parse(v2, 24, &a, &err), -1);
+    CHECK_INT(proxy_parse(v2, 24, &a, &err), PT_INVALID);
     v2[14] = 0x20; /* 8 KiB */
-    CHECK_INT(proxy_parse(v2, 28, &a, &err), -1);
+    CHECK_INT(proxy_parse(v2, 28, &a, &err), PT_INVALID);
 
     /* v1 formatting */
     n = proxy_format(1, "192.0.2.7", 56324, "198.51.100.1", 143, out);
