@@ -5,7 +5,7 @@
 -- no-auth mode (auth = { "none" }) where MAIL FROM and RCPT TO decide the
 -- route, and the hand-over to the relay with pipelined commands.
 --
--- Upstreams are mock SMTP servers (lua/postern/mock_smtp.lua) whose record
+-- Upstreams are mock SMTP servers (lua/postern/testing/mock_smtp.lua) whose record
 -- file shows every line postern sent them.
 local smtp_scene = require "helpers.smtp_scene"
 local testing = require "postern.testing"

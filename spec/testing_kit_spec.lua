@@ -15,7 +15,7 @@ end
 
 describe("postern.testing", function()
   it("knows the repo root and the binary path", function()
-    assert.is_truthy(io.open(testing.root .. "/lua/postern/testing.lua"))
+    assert.is_truthy(io.open(testing.root .. "/lua/postern/testing/init.lua"))
     assert.matches("postern$", testing.bin)
   end)
 
