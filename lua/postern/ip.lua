@@ -79,7 +79,7 @@
 --   A list is compiled into one hash set per prefix length in use, keyed by
 --   the masked address; a lookup parses the address once and probes at most
 --   33 (IPv4) or 129 (IPv6) sets, longest first, whatever the list's size.
---   spec/ip_spec.lua prints the rate for 100k lookups over 1000 networks.
+--   spec/unit/ip_spec.lua prints the rate for 100k lookups over 1000 networks.
 
 local bit = require "bit"
 

@@ -1,4 +1,4 @@
--- spec/helpers/oauth_imap_mock.lua: a small IMAP backend for spec/sasl_spec.lua
+-- spec/helpers/oauth_imap_mock.lua: a small IMAP backend for spec/integration/sasl_spec.lua
 -- that, unlike postern.testing.mock_imap, accepts AUTHENTICATE XOAUTH2 and
 -- OAUTHBEARER (besides LOGIN and AUTHENTICATE PLAIN), so the OAuth login
 -- postern forwards upstream can be seen to succeed or fail.

@@ -1,4 +1,4 @@
--- helpers.sasl_protocols: what spec/sasl_spec.lua needs to run the same SASL
+-- helpers.sasl_protocols: what spec/integration/sasl_spec.lua needs to run the same SASL
 -- exchanges over IMAP, POP3 and SMTP.
 --
 --   local sp = require "helpers.sasl_protocols"
