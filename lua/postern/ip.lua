@@ -86,7 +86,7 @@ local bit = require "bit"
 local band, lshift, rshift, tobit = bit.band, bit.lshift, bit.rshift, bit.tobit
 local byte, char, sub, format = string.byte, string.char, string.sub, string.format
 local concat = table.concat
-local type, tostring, tonumber, ipairs = type, tostring, tonumber, ipairs
+local type, tonumber, ipairs = type, tonumber, ipairs
 local setmetatable, getmetatable = setmetatable, getmetatable
 
 local _M = {}

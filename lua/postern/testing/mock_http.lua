@@ -158,9 +158,8 @@ function _M.run(opts)
     while true do
       local line = c:readline()
       if line == nil then return nil end
-      if #lines == 0 and line == "" then
-        -- tolerate blank lines before a request (RFC 9112 2.2)
-      else
+      -- blank lines before a request are tolerated (RFC 9112 2.2)
+      if #lines > 0 or line ~= "" then
         size = size + #line + 2
         if size > MAX_HEAD then return nil, "head too large" end
         if line == "" then return lines end
