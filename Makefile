@@ -9,8 +9,9 @@ export ASAN_OPTIONS ?= detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS ?= print_stacktrace=1
 endif
 BUSTED ?= busted --lua=luajit
+LUACHECK ?= luacheck -q
 
-.PHONY: all build module deps run test unit spec clean
+.PHONY: all build module deps run test unit lint spec clean
 
 all: build
 
@@ -35,11 +36,16 @@ run: deps build
 unit: build
 	cd $(BUILD) && ctest --output-on-failure
 
+# luacheck over the Lua code (configuration: .luacheckrc)
+lint:
+	@$(LUACHECK) lua scripts spec
+
 spec: build module
 	POSTERN_BIN=$(CURDIR)/$(BUILD)/postern $(BUSTED) $(BUSTED_ARGS)
 
 test: build module
 	@cd $(BUILD) && ctest --output-on-failure
+	@$(LUACHECK) lua scripts spec
 	@POSTERN_BIN=$(CURDIR)/$(BUILD)/postern $(BUSTED) $(BUSTED_ARGS)
 
 clean:

@@ -130,7 +130,7 @@ local function cache_get(key, now)
 end
 
 local function cache_put(key, upstream, ttl, now)
-  if not key or not (ttl > 0) then return end
+  if not key or ttl ~= ttl or ttl <= 0 then return end   -- ttl ~= ttl: NaN
   if not cache[key] then
     if cache_size >= policy.cache_max then
       for k, e in pairs(cache) do          -- drop what has expired ...

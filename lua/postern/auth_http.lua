@@ -72,7 +72,7 @@
 -- Also exported for tests and for policies that build on it:
 --   auth_http.escape(s), auth_http.method(mechanism), auth_http.parse_url(url),
 --   auth_http.request_headers(s, conf) -> { {name, value}, ... },
---   auth_http.interpret(s, headers, conf) -> decision (see below),
+--   auth_http.interpret(s, headers) -> decision (see below),
 --   auth_http.query(s, conf) -> decision, or nil, message.
 
 local postern = require "postern"
@@ -195,7 +195,7 @@ end
 --   { kind = "wait", wait }                        Auth-Status: WAIT
 --   { kind = "internal", reason }                  nginx's internal server error
 -- The host is returned as sent (query() resolves names).
-function M.interpret(s, headers, conf)
+function M.interpret(s, headers)
   local h = {}
   for k, v in pairs(headers or {}) do h[tostring(k):lower()] = tostring(v) end
   local status = h["auth-status"]
@@ -267,7 +267,7 @@ end
 function M.query(s, conf)
   local res, err = http_get(conf, M.request_headers(s, conf))
   if not res then return nil, err end
-  return M.interpret(s, res.headers, conf)
+  return M.interpret(s, res.headers)
 end
 
 local function internal(s, conf, reason)

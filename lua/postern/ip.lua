@@ -79,14 +79,14 @@
 --   A list is compiled into one hash set per prefix length in use, keyed by
 --   the masked address; a lookup parses the address once and probes at most
 --   33 (IPv4) or 129 (IPv6) sets, longest first, whatever the list's size.
---   spec/ip_spec.lua prints the rate for 100k lookups over 1000 networks.
+--   spec/unit/ip_spec.lua prints the rate for 100k lookups over 1000 networks.
 
 local bit = require "bit"
 
 local band, lshift, rshift, tobit = bit.band, bit.lshift, bit.rshift, bit.tobit
 local byte, char, sub, format = string.byte, string.char, string.sub, string.format
 local concat = table.concat
-local type, tostring, tonumber, ipairs = type, tostring, tonumber, ipairs
+local type, tonumber, ipairs = type, tonumber, ipairs
 local setmetatable, getmetatable = setmetatable, getmetatable
 
 local _M = {}

@@ -1,4 +1,4 @@
--- helpers.sasl_protocols: what spec/sasl_spec.lua needs to run the same SASL
+-- helpers.sasl_protocols: what spec/integration/sasl_spec.lua needs to run the same SASL
 -- exchanges over IMAP, POP3 and SMTP.
 --
 --   local sp = require "helpers.sasl_protocols"
@@ -15,10 +15,10 @@
 --                                       -- P.noop_record matches its mock record
 --
 -- sp.oauth_imap_mock(opts): starts spec/helpers/oauth_imap_mock.lua (an IMAP
--- backend that also takes XOAUTH2 and OAUTHBEARER); same methods as the
--- kit's mocks: port, lines(), wait_for(), logins(), stop().
+-- backend that also takes XOAUTH2 and OAUTHBEARER) as the kit starts its
+-- own mocks; the same handle: port, lines(), wait_for(), logins(), stop().
 local testing = require "postern.testing"
-local socket = require "socket"
+local mock = require "postern.testing.mock"
 
 local sp = {}
 
@@ -34,79 +34,10 @@ end
 
 -- the IMAP OAuth mock -------------------------------------------------------------
 
-local Mock = {}
-Mock.__index = Mock
-
+-- the kit's own launcher and handle, with spec/ on the mock's LUA_PATH
 function sp.oauth_imap_mock(opts)
-  local dir = assert(io.popen("mktemp -d /tmp/postern-mock.XXXXXX")):read("*l")
-  local o = {}
-  for k, v in pairs(opts or {}) do o[k] = v end
-  o.host, o.port, o.record = "127.0.0.1", 0, dir .. "/record"
-  testing.write_config(dir .. "/options.lua", o)
-  assert(io.open(o.record, "wb")):close()
-  local m = setmetatable({ dir = dir, record_path = o.record, log_path = dir .. "/mock.log",
-    name = o.name }, Mock)
-  local cmd = ("exec %s %s/spec/helpers/oauth_imap_mock.lua %s/options.lua >%s 2>&1 & echo $!"):format(
-    testing.luajit, testing.root, dir, m.log_path)
-  local p = assert(io.popen(cmd))
-  m.pid = tonumber(p:read("*l"))
-  p:close()
-  local deadline = socket.gettime() + 5
-  while socket.gettime() < deadline do
-    local port = (read_file(o.record) or ""):match("^READY (%d+)\n")
-    if port then
-      m.port = tonumber(port)
-      return m
-    end
-    socket.sleep(0.02)
-  end
-  local log = read_file(m.log_path) or ""
-  m:stop()
-  error("oauth_imap_mock did not start; log:\n" .. log, 2)
-end
-
-function Mock:lines()
-  local out = {}
-  for l in (read_file(self.record_path) or ""):gmatch("[^\n]+") do
-    if not l:match("^READY ") then out[#out + 1] = l end
-  end
-  return out
-end
-
-function Mock:wait_for(pattern, timeout)
-  local deadline = socket.gettime() + (timeout or 3)
-  repeat
-    for _, l in ipairs(self:lines()) do
-      if l:find(pattern) then return l end
-    end
-    socket.sleep(0.02)
-  until socket.gettime() >= deadline
-  error(("mock %s: no record matching %q; records:\n%s"):format(self.name or "?", pattern,
-    table.concat(self:lines(), "\n")), 2)
-end
-
-function Mock:logins()
-  local out = {}
-  for _, l in ipairs(self:lines()) do
-    local user, pass, mech = l:match("^AUTH (%S*) (.*) (%S+)$")
-    if user then out[#out + 1] = { user = user, password = pass, mechanism = mech } end
-  end
-  return out
-end
-
-function Mock:stop()
-  if self.stopped then return end
-  self.stopped = true
-  if self.pid then
-    os.execute("kill -TERM " .. self.pid .. " 2>/dev/null")
-    local deadline = socket.gettime() + 5
-    while socket.gettime() < deadline do
-      local stat = read_file("/proc/" .. self.pid .. "/stat")
-      if not stat or stat:match("%) [ZX]") then break end
-      socket.sleep(0.02)
-    end
-  end
-  if self.dir:match("^/tmp/postern%-mock%.") then os.execute("rm -rf '" .. self.dir .. "'") end
+  local m = mock.start("helpers.oauth_imap_mock", opts, testing.root .. "/spec/?.lua", "oauth_imap_mock")
+  return m
 end
 
 -- the three protocols ------------------------------------------------------------------

@@ -104,7 +104,7 @@ end
 -- an upstream scripted byte by byte from the test (one connection):
 -- up.port, up:accept(), up:send(data), up:line() (without CRLF),
 -- up:closed(timeout), up.s (the luasocket of the accepted connection)
-function scene:raw_upstream()
+function scene.raw_upstream(sc)   -- called as sc:raw_upstream()
   local socket = require "socket"
   local srv = assert(socket.bind("127.0.0.1", 0))
   srv:settimeout(5)
@@ -121,7 +121,7 @@ function scene:raw_upstream()
     local _, err = self.s:receive(1)
     return err == "closed"
   end
-  self.stops[#self.stops + 1] = function()
+  sc.stops[#sc.stops + 1] = function()
     if r.s then r.s:close() end
     srv:close()
   end

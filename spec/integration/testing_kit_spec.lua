@@ -15,7 +15,7 @@ end
 
 describe("postern.testing", function()
   it("knows the repo root and the binary path", function()
-    assert.is_truthy(io.open(testing.root .. "/lua/postern/testing.lua"))
+    assert.is_truthy(io.open(testing.root .. "/lua/postern/testing/init.lua"))
     assert.matches("postern$", testing.bin)
   end)
 
@@ -149,6 +149,7 @@ describe("postern.testing", function()
       assert.matches("^a5 OK", tagged)
       assert.matches("^%* 1 FETCH %(UID 1 RFC822 {%d+}\r\n", untagged[1])
       tagged, untagged = c:command("a6", "STATUS INBOX (MESSAGES UIDNEXT)")
+      assert.matches("^a6 OK", tagged)
       assert.equals('* STATUS "INBOX" (MESSAGES 1 UIDNEXT 2)', untagged[1])
       assert.matches("^a7 BAD", (c:command("a7", "FROB")))
       tagged, untagged = c:command("a8", "LOGOUT")

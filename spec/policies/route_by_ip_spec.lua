@@ -1,6 +1,10 @@
 -- scripts/route_by_ip.lua: client networks to upstream pools. First its
 -- authenticate hook called directly with fabricated sessions, then the
--- real binary with clients bound to 127.0.0.2 / 127.0.0.3.
+-- real binary with clients bound to 127.0.0.2 / 127.0.0.3 / 127.0.0.4 (all
+-- of 127.0.0.0/8 is loopback), where a thin wrapper logs the s.client_ip
+-- the policy was given, so each test also shows that s.client_ip is the
+-- client's own source address and that a policy's log line carries the
+-- session's context.
 local testing = require "postern.testing"
 
 local SCRIPT = testing.root .. "/scripts/route_by_ip.lua"
@@ -207,6 +211,12 @@ describe("scripts/route_by_ip.lua", function()
           }
           policy.default_pool = nil
           policy.fail_wait = 0
+          local postern = require "postern"
+          local authenticate = policy.authenticate
+          policy.authenticate = function(s)
+            postern.log("info", "routing by client_ip=[", s.client_ip, "]")
+            return authenticate(s)
+          end
           return policy
         ]]):format(SCRIPT, dead, a.port, b.port, b_pop3.port),
         config = {
@@ -238,6 +248,9 @@ describe("scripts/route_by_ip.lua", function()
       local list = table.concat(untagged, "\n")
       assert.matches("backend%-a", list)
       assert.not_matches("backend%-b", list)
+      for _, l in ipairs(b:logins()) do assert.not_equals("ann", l.user) end
+      local line = proxy:wait_log('routing by client_ip=%[127%.0%.0%.2%].*login: "ann"')
+      assert.matches("client: 127%.0%.0%.2:%d+", line)
       c:close()
     end)
 
@@ -246,8 +259,11 @@ describe("scripts/route_by_ip.lua", function()
       assert.matches("^a1 OK", tagged)
       b:wait_for("^AUTH bob bob%-pw login$")
       local _, untagged = c:command("a2", 'LIST "" *')
-      assert.matches("backend%-b", table.concat(untagged, "\n"))
+      local list = table.concat(untagged, "\n")
+      assert.matches("backend%-b", list)
+      assert.not_matches("backend%-a", list)
       for _, l in ipairs(a:logins()) do assert.not_equals("bob", l.user) end
+      proxy:wait_log('routing by client_ip=%[127%.0%.0%.3%].*login: "bob"')
       c:close()
     end)
 
@@ -270,9 +286,10 @@ describe("scripts/route_by_ip.lua", function()
       c:close()
     end)
 
-    it("refuses a client from a network with no pool and no default", function()
+    it("refuses a client from a network with no pool and no default, given s.client_ip as its own source address", function()
       local c, tagged = login_from("127.0.0.4", "cat", "cat-pw")
       assert.equals("a1 NO [AUTHENTICATIONFAILED] Not allowed from your network", tagged)
+      proxy:wait_log('routing by client_ip=%[127%.0%.0%.4%].*login: "cat"')
       c:close()
       for _, l in ipairs(a:logins()) do assert.not_equals("cat", l.user) end
       for _, l in ipairs(b:logins()) do assert.not_equals("cat", l.user) end

@@ -5,7 +5,7 @@
 -- no-auth mode (auth = { "none" }) where MAIL FROM and RCPT TO decide the
 -- route, and the hand-over to the relay with pipelined commands.
 --
--- Upstreams are mock SMTP servers (lua/postern/mock_smtp.lua) whose record
+-- Upstreams are mock SMTP servers (lua/postern/testing/mock_smtp.lua) whose record
 -- file shows every line postern sent them.
 local smtp_scene = require "helpers.smtp_scene"
 local testing = require "postern.testing"
@@ -304,6 +304,7 @@ describe("SMTP front end", function()
       -- a wrong digest is refused
       assert.equal(535, (c:smtp(b64("alice " .. hmac_md5("wrong", challenge)))))
       code, texts = c:smtp("AUTH CRAM-MD5")
+      assert.equal(334, code)
       challenge = require("mime").unb64(texts[1])
       assert.equal(235, (c:smtp(b64("alice " .. hmac_md5("secret", challenge)))))
       assert.same({ { user = "alice", password = "secret", mechanism = "plain" } }, m:logins())
@@ -605,11 +606,11 @@ describe("SMTP upstream login", function()
     local m, p = one_backend(sc)
     local c = sc:ehlo_client(p)
     assert.equal(235, (c:smtp("AUTH PLAIN " .. plain("alice", "secret"))))
-    local code, _, last = c:smtp("MAIL FROM:<alice@example.com>")
+    local _, _, last = c:smtp("MAIL FROM:<alice@example.com>")
     assert.equal("250 2.1.0 Ok", last) -- the mock's own reply text
     assert.equal(250, (c:smtp("RCPT TO:<bob@example.org>")))
     assert.equal(354, (c:smtp("DATA")))
-    code = c:smtp("Subject: through postern\r\n\r\nHello Bob.\r\n..dot-stuffed line\r\n.")
+    local code = c:smtp("Subject: through postern\r\n\r\nHello Bob.\r\n..dot-stuffed line\r\n.")
     assert.equal(250, code)
     m:wait_for("^MESSAGE ")
     assert.same({ { bytes = 59, lines = 4, subject = "through postern" } }, m:messages())

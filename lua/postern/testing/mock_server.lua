@@ -1,20 +1,23 @@
--- postern.mock_server: the event loop and helpers shared by the line-based
--- mock backends (mock_pop3, mock_smtp). Same process model, options file,
--- record file, READY line and stop behaviour as mock_imap:
+-- postern.testing.mock_server: the event loop and helpers shared by the
+-- mock backends (mock_imap, mock_pop3, mock_smtp, mock_http). Requiring it
+-- does nothing; a mock's run(opts) calls
 --
---   luajit lua/postern/mock_<proto>.lua OPTIONS_FILE
---
--- OPTIONS_FILE returns the options table; `record` names the record file
--- (default: stdout), whose first line is `READY <port>` once listening;
--- every record is one line, flushed at once. SIGTERM ends the process at
--- once (default action).
---
--- A mock calls
---   local srv = mock_server.start("mock_pop3")    -- reads arg[1], binds, records READY
+--   local srv = mock_server.start("mock_pop3", opts)  -- binds, opens the record file
 --   srv.record(text)
---   srv.run(function(c) ... end)                  -- one coroutine per connection
--- and inside the session function uses, with blocking style:
---   c:send(s) c:sendline(s) c:sleep(sec) c:readline() -> line without CRLF | nil at EOF
+--   srv.run(function(c) ... end)                      -- one coroutine per connection;
+--                                                     -- never returns
+--
+-- opts.host, opts.port: the listen address (127.0.0.1; port 0 = any free
+-- port); opts.record names the record file (default: stdout), whose first
+-- line is `READY <port>` once listening; every record is one line, flushed
+-- at once. The process is a mock's whole life: SIGTERM ends it at once
+-- (default action). postern.testing starts each mock as its own process
+-- through lua/postern/testing/run_mock.lua.
+--
+-- Inside the session function, with blocking style:
+--   c:send(s) c:sendline(s) c:send_big(s) c:sleep(sec)
+--   c:readline() -> line without CRLF | nil at EOF
+--   c:readn(n, keep) -> the n bytes (nil when n > keep), count | nil, count at EOF
 -- Returning from the session function flushes what was sent and closes.
 
 local socket = require "socket"
@@ -75,6 +78,27 @@ function Conn:readline()
   end
 end
 
+-- read n bytes; keep them only when n <= keep (big literals are counted, not
+-- stored); returns the data (or nil) and n, or nil and the count at EOF
+function Conn:readn(n, keep)
+  local parts, got = {}, 0
+  while got < n do
+    local avail = self:buffered()
+    if avail == 0 then
+      if self.eof then return nil, got end
+      self.wait = "read"
+      coroutine.yield()
+    else
+      local take = math.min(n - got, avail)
+      if got + take <= keep then parts[#parts + 1] = self.inbuf:sub(self.inpos, self.inpos + take - 1) end
+      self.inpos = self.inpos + take
+      got = got + take
+    end
+  end
+  if n <= keep then return table.concat(parts), n end
+  return nil, n
+end
+
 -- SASL helpers ------------------------------------------------------------------
 
 -- base64 decode; "=" (RFC 4954/5034: an empty response) is ""; nil when invalid
@@ -119,13 +143,8 @@ end
 
 -- the server ------------------------------------------------------------------------
 
-function _M.start(label)
-  local opts_file = arg and arg[1]
-  if not opts_file then
-    io.stderr:write("usage: luajit " .. label .. ".lua OPTIONS_FILE\n")
-    os.exit(2)
-  end
-  local opts = assert(dofile(opts_file), "options file must return a table")
+function _M.start(label, opts)
+  assert(type(opts) == "table", label .. ": options must be a table")
 
   local rec
   if opts.record then

@@ -1,7 +1,8 @@
 -- Sanity check of spec/helpers/dovecot.lua: talk to the real Dovecot
 -- directly (no proxy) with python's imaplib/poplib via the helper scripts.
 
-local HERE = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "spec"
+-- spec/, the folder above this file's (spec/compat/)
+local HERE = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*/[^/]*$") or "spec"
 
 -- `busted --lua=luajit --lpath='a;b'` re-execs itself through the shell
 -- with unquoted arguments, losing everything after the first ';' -- so

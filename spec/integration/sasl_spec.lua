@@ -227,7 +227,6 @@ for _, P in ipairs(sp.order) do
       end
 
       it("challenges with <...@server_name>; the policy gets user, salt and digest and checks them with s:check_password", function()
-        local mark = #good:lines()
         local c = connect()
         local final, challenges = exchange(c, "CRAM-MD5", nil, { answer("cram", "secret") })
         assert.matches(P.ok, final)

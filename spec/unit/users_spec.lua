@@ -1,3 +1,7 @@
+-- postern.users: users files (user:hash[:upstream] lines, the format of a
+-- Dovecot passwd-file) with crypt(3) hashes: load, verify, hash. Pure Lua
+-- over libcrypt through the FFI: no proxy here. The policy built on it,
+-- scripts/static_users.lua, is specified in spec/policies/static_users_spec.lua.
 local users = require "postern.users"
 
 local tmpfiles = {}

@@ -89,8 +89,8 @@ local function start_sink(sc, extra_args)
     table.concat(q, " "), shell.quote(dir .. "/sink.log")))):read("*l"))
   assert(pid, "could not start smtp-sink")
   local sink = { port = port, pid = pid, dir = dir }
-  function sink:log() return read_file(dir .. "/sink.log") or "" end
-  function sink:messages()
+  function sink.log() return read_file(dir .. "/sink.log") or "" end
+  function sink.messages()
     local out = {}
     local ls = io.popen("ls " .. shell.quote(dir .. "/dump"))
     for name in ls:lines() do out[#out + 1] = read_file(dir .. "/dump/" .. name) end

@@ -1,4 +1,4 @@
--- The test kit's mock HTTP server (testing.mock_http, lua/postern/mock_http.lua):
+-- The test kit's mock HTTP server (testing.mock_http, lua/postern/testing/mock_http.lua):
 -- a separate process that records every request exactly as received and
 -- answers from options, a list of answers, or a handler given as Lua source.
 -- These specs talk to it with a raw line client, so they see the bytes.
