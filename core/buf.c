@@ -78,3 +78,12 @@ int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed)
     *line_len = l;
     return 1;
 }
+
+size_t str_copy(char *out, size_t outlen, const char *p, size_t len)
+{
+    if (len >= outlen)
+        len = outlen - 1;
+    memcpy(out, p, len);
+    out[len] = '\0';
+    return len;
+}

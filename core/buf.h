@@ -24,4 +24,8 @@ void buf_consume(buf_t *b, size_t n);              /* drop n bytes from the fron
  * CRLF or bare LF) and *consumed (with it), or 0 when no LF is there yet. */
 int buf_find_line(const char *p, size_t len, size_t *line_len, size_t *consumed);
 
+/* Copies p[0..len) into out as a string, cut to outlen - 1 bytes; returns
+ * the length copied. */
+size_t str_copy(char *out, size_t outlen, const char *p, size_t len);
+
 #endif

@@ -250,10 +250,27 @@ static const struct { const char *name; unsigned bit; } auth_names[] = {
     { "none", AUTH_NONE }, { "xoauth2", AUTH_XOAUTH2 }, { "oauthbearer", AUTH_OAUTHBEARER },
 };
 
-static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[3])
+/* The index of p among the registered protocols. */
+static int proto_index(const proto_t *p)
 {
-    static const char *const keys[] = { "address", "protocol", "auth", "starttls", "tls",
-                                        "xclient", "capabilities", "verify_client", "client_ca", "proxy_protocol", NULL };
+    int i = 0;
+    for (const proto_t *const *q = proto_all(); *q && *q != p; q++)
+        i++;
+    return i;
+}
+
+static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[])
+{
+    static const char *const base_keys[] = { "address", "protocol", "auth", "starttls", "tls", "capabilities",
+                                             "verify_client", "client_ca", "proxy_protocol" };
+    enum { NBASE = sizeof base_keys / sizeof *base_keys };
+    const char *keys[NBASE + PROTO_MAX_OPTIONS + 1];
+    int nkeys = 0;
+    for (int k = 0; k < NBASE; k++)
+        keys[nkeys++] = base_keys[k];
+    for (int k = 0; k < proto_option_count() && k < PROTO_MAX_OPTIONS; k++)
+        keys[nkeys++] = proto_option_name(k);
+    keys[nkeys] = NULL;
     lua_State *L = c->L;
     listen_conf_t *l = &cfg->listen[i];
     char path[64], kp[256];
@@ -281,7 +298,10 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     if (proto) {
         l->proto = proto_find(proto);
         if (!l->proto) {
-            int rc = fail(c, kp, "\"%s\" is not a protocol this build speaks (imap, pop3, smtp)", proto);
+            char names[128] = "";
+            for (const proto_t *const *p = proto_all(); *p; p++)
+                snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", names[0] ? ", " : "", (*p)->name);
+            int rc = fail(c, kp, "\"%s\" is not a protocol this build speaks (%s)", proto, names);
             free(proto);
             return rc;
         }
@@ -331,9 +351,14 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
         if (bad)
             return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
     }
-    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "xclient", &l->xclient) < 0 ||
-        opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0)
+    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0)
         return -1;
+    for (int k = 0; k < proto_option_count() && k < PROTO_MAX_OPTIONS; k++) { /* SMTP's xclient... */
+        bool on = false;
+        if (opt_bool(c, path, proto_option_name(k), &on) < 0)
+            return -1;
+        l->opt_on |= on ? 1u << k : 0;
+    }
     if (l->tls && l->starttls) {
         snprintf(kp, sizeof kp, "%s.starttls", path);
         return fail(c, kp, "a tls = true listener is TLS from the start: STARTTLS makes no sense there");
@@ -368,7 +393,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
             return fail(c, kp, "needs a certificate: set tls = { certificate = ..., key = ... }");
         }
         tls_server_conf_t tc = { cfg->tls_certs, cfg->ntls_certs, cfg->tls_protocols, cfg->tls_ciphers,
-                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime, l->proto->name };
+                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime, l->proto->alpn };
         char err[600];
         l->tls_server = tls_server_new(&tc, err, sizeof err);
         if (!l->tls_server)
@@ -377,7 +402,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     char *caps = NULL;
     if (opt_words(c, path, "capabilities", &caps) < 0)
         return -1;
-    const char *dflt = global_caps[strcmp(l->proto->name, "imap") == 0 ? 0 : strcmp(l->proto->name, "pop3") == 0 ? 1 : 2];
+    const char *dflt = global_caps[proto_index(l->proto)];
     l->capabilities = l->proto->capabilities(caps ? caps : dflt, l->auth, 0);
     if (l->starttls) /* EXTERNAL only once a certificate can be there */
         l->capabilities_starttls =
@@ -476,6 +501,12 @@ static int read_tls(check_t *c, config_t *cfg)
     return 0;
 }
 
+double config_setting(const config_t *cfg, const char *key)
+{
+    int i = proto_setting_index(key, NULL);
+    return i >= 0 && i < PROTO_MAX_SETTINGS ? cfg->settings[i] : 0;
+}
+
 struct tls_client *config_tls_client(config_t *cfg)
 {
     if (!cfg->tls_client) {
@@ -489,11 +520,21 @@ struct tls_client *config_tls_client(config_t *cfg)
 
 static int read_config(check_t *c, config_t *cfg)
 {
-    static const char *const keys[] = {
+    static const char *const base_keys[] = {
         "server_name", "policy", "log_level", "error_log", "pidfile", "proxy_pass_error_message",
         "timeout", "proxy_timeout", "connect_timeout", "auth_timeout", "max_errors",
-        "max_login_attempts", "client_buffer", "proxy_buffer", "imap_capabilities", "pop3_capabilities",
-        "smtp_capabilities", "smtp_greeting_delay", "tls", "listen", NULL };
+        "max_login_attempts", "client_buffer", "proxy_buffer", "tls", "listen" };
+    enum { NBASE = sizeof base_keys / sizeof *base_keys };
+    /* and each protocol's capability list and settings */
+    const char *keys[NBASE + PROTO_MAX + PROTO_MAX_SETTINGS + 1];
+    int nkeys = 0;
+    for (int k = 0; k < NBASE; k++)
+        keys[nkeys++] = base_keys[k];
+    for (const proto_t *const *p = proto_all(); *p; p++)
+        keys[nkeys++] = (*p)->capabilities_key;
+    for (int k = 0; k < proto_setting_count() && k < PROTO_MAX_SETTINGS; k++)
+        keys[nkeys++] = proto_setting_at(k)->key;
+    keys[nkeys] = NULL;
     lua_State *L = c->L;
     if (check_keys(c, "", keys) < 0)
         return -1;
@@ -512,10 +553,17 @@ static int read_config(check_t *c, config_t *cfg)
         opt_int(c, "", "max_errors", &cfg->max_errors, 1, 1000) < 0 ||
         opt_int(c, "", "max_login_attempts", &cfg->max_login_attempts, 1, 1000) < 0 ||
         opt_number(c, "", "client_buffer", &cb, 1024, 16 * 1024 * 1024) < 0 ||
-        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0 ||
-        opt_number(c, "", "smtp_greeting_delay", &cfg->smtp_greeting_delay, 0, 600) < 0) {
+        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0) {
         free(level);
         return -1;
+    }
+    for (int k = 0; k < proto_setting_count() && k < PROTO_MAX_SETTINGS; k++) {
+        const proto_setting_t *ps = proto_setting_at(k);
+        cfg->settings[k] = ps->dflt;
+        if (opt_number(c, "", ps->key, &cfg->settings[k], ps->min, ps->max) < 0) {
+            free(level);
+            return -1;
+        }
     }
     cfg->client_buffer = (size_t)cb;
     cfg->proxy_buffer = (size_t)pb;
@@ -554,14 +602,14 @@ static int read_config(check_t *c, config_t *cfg)
     }
     lua_pop(L, 1);
 
-    char *global_caps[3] = { NULL, NULL, NULL };
-    if (opt_words(c, "", "imap_capabilities", &global_caps[0]) < 0 ||
-        opt_words(c, "", "pop3_capabilities", &global_caps[1]) < 0 ||
-        opt_words(c, "", "smtp_capabilities", &global_caps[2]) < 0) {
-        for (int k = 0; k < 3; k++)
-            free(global_caps[k]);
-        return -1;
-    }
+    char *global_caps[PROTO_MAX] = { NULL };
+    int nprotos = 0;
+    for (const proto_t *const *p = proto_all(); *p; p++, nprotos++)
+        if (opt_words(c, "", (*p)->capabilities_key, &global_caps[nprotos]) < 0) {
+            for (int k = 0; k < PROTO_MAX; k++)
+                free(global_caps[k]);
+            return -1;
+        }
     lua_getfield(L, -1, "listen");
     int rc = 0;
     if (lua_type(L, -1) != LUA_TTABLE || lua_objlen(L, -1) == 0) {
@@ -576,7 +624,7 @@ static int read_config(check_t *c, config_t *cfg)
         }
     }
     lua_pop(L, 1);
-    for (int k = 0; k < 3; k++)
+    for (int k = 0; k < PROTO_MAX; k++)
         free(global_caps[k]);
     return rc;
 }

@@ -9,6 +9,10 @@
 
 struct proto;
 struct tls_server;
+
+#define PROTO_MAX 8            /* registered protocols */
+#define PROTO_MAX_OPTIONS 16   /* their boolean options, all together */
+#define PROTO_MAX_SETTINGS 16  /* their top-level numbers, all together */
 struct tls_client;
 
 /* SASL mechanisms a listener may offer (the listener's `auth` list). */
@@ -31,7 +35,7 @@ typedef struct listen_conf {
     unsigned auth;                 /* AUTH_* mask */
     int starttls;                  /* 0 off, 1 on, 2 only */
     bool tls;                      /* implicit TLS (993, 995, 465) */
-    bool xclient;
+    unsigned opt_on;               /* the protocols' boolean options (SMTP's xclient), by proto_option_index() */
     bool proxy_protocol;           /* a PROXY v1/v2 header from a load balancer precedes everything */
     int verify_client;             /* 0 off, 1 optional, 2 required */
     char *client_ca;
@@ -51,7 +55,7 @@ typedef struct config {
     char *pidfile;
     bool proxy_pass_error_message;
     double timeout, proxy_timeout, connect_timeout, auth_timeout;
-    double smtp_greeting_delay;    /* SMTP: wait this long before the greeting */
+    double settings[PROTO_MAX_SETTINGS]; /* the protocols' top-level numbers, by proto_setting_index() */
     int max_errors;
     int max_login_attempts;
     size_t client_buffer;          /* pre-auth command + literal limit */
@@ -73,6 +77,9 @@ config_t *config_acquire(config_t *cfg);
 void config_release(config_t *cfg);   /* frees at the last reference */
 /* 1 when both listen the same addresses with the same protocols */
 int config_same_listeners(const config_t *a, const config_t *b);
+
+/* A protocol's top-level number (proto_setting_t), e.g. smtp_greeting_delay. */
+double config_setting(const config_t *cfg, const char *key);
 
 /* The upstream TLS client of this configuration (NULL and a log line if
  * its CA file cannot be read). */

@@ -2,9 +2,9 @@
  * or nil, message. getaddrinfo runs on libuv's thread pool; it cannot be
  * interrupted, so a timeout (or the hook going away) abandons the request
  * and its late result is dropped. */
-#include "lua_bridge.h"
+#include "lua_task.h"
 #include "mem.h"
-#include "postern_lib.h"
+#include "lua_lib.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -16,7 +16,7 @@
 #include <string.h>
 
 typedef struct dns_req {
-    lb_wait_t w;
+    task_wait_t w;
     uv_getaddrinfo_t gai;
     uv_timer_t timer;
     bool waiting;        /* the Lua side still waits for us */
@@ -53,7 +53,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
         maybe_free(r);
         return;
     }
-    lua_State *L = lb_wait_state(&r->w);
+    lua_State *L = task_wait_state(&r->w);
     int n = 0;
     if (status < 0) {
         lua_pushnil(L);
@@ -88,7 +88,7 @@ static void resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     }
     uv_freeaddrinfo(res);
     finish(r);
-    lb_wait_done(&r->w, n);
+    task_wait_done(&r->w, n);
 }
 
 static void timed_out(uv_timer_t *t)
@@ -96,14 +96,14 @@ static void timed_out(uv_timer_t *t)
     dns_req_t *r = t->data;
     if (!r->waiting)
         return;
-    lua_State *L = lb_wait_state(&r->w);
+    lua_State *L = task_wait_state(&r->w);
     lua_pushnil(L);
     lua_pushliteral(L, "timeout");
     finish(r);
-    lb_wait_done(&r->w, 2);
+    task_wait_done(&r->w, 2);
 }
 
-static void cancel(lb_wait_t *w)
+static void cancel(task_wait_t *w)
 {
     dns_req_t *r = (dns_req_t *)w;
     uv_cancel((uv_req_t *)&r->gai); /* only helps if it has not started */
@@ -126,12 +126,12 @@ static int l_resolve(lua_State *L)
     }
     if (!name[0] || strlen(name) > 253)
         return luaL_argerror(L, 1, "not a host name");
-    lb_wait_check(L, "postern.dns.resolve");
+    task_wait_check(L, "postern.dns.resolve");
     dns_req_t *r = xcalloc(1, sizeof *r);
     r->w.cancel = cancel;
     r->gai.data = r;
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
-    int rc = uv_getaddrinfo(lb_loop(), &r->gai, resolved, name, NULL, &hints);
+    int rc = uv_getaddrinfo(task_loop(), &r->gai, resolved, name, NULL, &hints);
     if (rc < 0) {
         free(r);
         lua_pushnil(L);
@@ -140,12 +140,12 @@ static int l_resolve(lua_State *L)
     }
     r->gai_running = true;
     r->waiting = true;
-    uv_timer_init(lb_loop(), &r->timer);
+    uv_timer_init(task_loop(), &r->timer);
     r->timer.data = r;
     r->timer_open = true;
-    lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
+    task_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
     uv_timer_start(&r->timer, timed_out, (uint64_t)(timeout * 1000), 0);
-    return lb_wait_yield(L, &r->w);
+    return task_wait_yield(L, &r->w);
 }
 
 void dns_open(lua_State *L)

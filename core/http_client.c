@@ -8,8 +8,8 @@
  * a curl callback (curl forbids re-entering it there). */
 #include "buf.h"
 #include "mem.h"
-#include "lua_bridge.h"
-#include "postern_lib.h"
+#include "lua_task.h"
+#include "lua_lib.h"
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -24,7 +24,7 @@
 #define HTTP_MAX_HEADERS (64 * 1024)
 
 typedef struct http_req {
-    lb_wait_t w;
+    task_wait_t w;
     CURL *easy;
     struct curl_slist *headers;
     char *body;           /* request body */
@@ -102,7 +102,7 @@ static void drain(void)
         http_req_t *r = NULL;
         curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&r);
         curl_multi_remove_handle(multi, easy);
-        lua_State *L = lb_wait_state(&r->w);
+        lua_State *L = task_wait_state(&r->w);
         int n;
         if (r->too_big) {
             lua_pushnil(L);
@@ -125,8 +125,8 @@ static void drain(void)
             lua_setfield(L, -2, "body");
             n = 1;
         }
-        lb_wait_t *w = &r->w;
-        lb_wait_done(w, n);
+        task_wait_t *w = &r->w;
+        task_wait_done(w, n);
         req_free(r);
     }
 }
@@ -169,7 +169,7 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     if (!c) {
         c = xcalloc(1, sizeof *c);
         c->fd = s;
-        if (uv_poll_init_socket(lb_loop(), &c->poll, s) < 0) {
+        if (uv_poll_init_socket(task_loop(), &c->poll, s) < 0) {
             free(c);
             return -1;
         }
@@ -216,7 +216,7 @@ static int ensure_multi(void)
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 64L);
-    uv_timer_init(lb_loop(), &curl_timer);
+    uv_timer_init(task_loop(), &curl_timer);
     timer_open = true;
     return 0;
 }
@@ -256,7 +256,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
     return size * n;
 }
 
-static void cancel(lb_wait_t *w)
+static void cancel(task_wait_t *w)
 {
     http_req_t *r = (http_req_t *)w;
     curl_multi_remove_handle(multi, r->easy);
@@ -293,7 +293,7 @@ static int l_request(lua_State *L)
     if (!lua_isnil(L, hidx))
         luaL_checktype(L, hidx, LUA_TTABLE);
 
-    lb_wait_check(L, "postern.http.request");
+    task_wait_check(L, "postern.http.request");
     if (ensure_multi() < 0) {
         lua_pushnil(L);
         lua_pushliteral(L, "cannot initialise libcurl");
@@ -379,8 +379,8 @@ static int l_request(lua_State *L)
         lua_pushliteral(L, "cannot start the request");
         return 2;
     }
-    lb_wait_begin(L, &r->w);
-    return lb_wait_yield(L, &r->w);
+    task_wait_begin(L, &r->w);
+    return task_wait_yield(L, &r->w);
 }
 
 void http_open(lua_State *L)

@@ -1,18 +1,19 @@
 /* imap.c: IMAP4rev1/rev2 as a proxy needs it. The client side answers
  * the not-authenticated state (CAPABILITY, NOOP, LOGOUT, ID, LOGIN,
- * AUTHENTICATE PLAIN/LOGIN with SASL-IR); the upstream side logs in to
- * the chosen server with LOGIN or AUTHENTICATE PLAIN, then hands the
- * server's tagged OK to the client under the client's tag. */
+ * AUTHENTICATE with SASL-IR, STARTTLS) through the pre-auth engine; the
+ * upstream side logs in to the chosen server with LOGIN or AUTHENTICATE,
+ * then hands the server's tagged OK to the client under the client's tag. */
 #include "proto.h"
-#include "mem.h"
 
 #include "config.h"
 #include "imap_parse.h"
 #include "log.h"
+#include "login.h"
+#include "mem.h"
+#include "preauth.h"
 #include "sasl.h"
 #include "session.h"
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,46 +23,21 @@
 #define IMAP_MAX_ID_PAIRS 30     /* RFC 2971 */
 #define IMAP_FWD_MAX (16 * 1024) /* untagged upstream lines passed on at login */
 
-enum { C_COMMAND, C_SASL, C_OAUTH_ERROR };
 enum { U_GREETING, U_STARTTLS, U_CAPABILITY, U_LOGIN };
 enum { CAP_LITERALPLUS = 1, CAP_SASL_IR = 2, CAP_AUTH_PLAIN = 4, CAP_LOGINDISABLED = 8 };
 
 typedef struct imap_state {
-    int state;
-    char tag[IMAP_MAX_TAG + 1];
-    int lit_acked;               /* "+" already sent for this many literals */
-    sasl_t sasl;
-    char *oauth_failure;         /* the NO sent once the client answers the OAuth error */
     char *id_params;             /* the client's ID list, kept for the upstream */
 
     int ustate;
     unsigned ucaps;
-    char *pending[3];            /* login pieces, each sent after a "+" */
-    int npending, next_pending;
     buf_t fwd;                   /* untagged login replies for the client */
-    int umech;                   /* SASL mechanism used upstream, 0 for LOGIN */
 } imap_state_t;
-
-static imap_state_t *st_of(session_t *s)
-{
-    return s->pstate;
-}
-
-static void free_pending(imap_state_t *st)
-{
-    for (int i = 0; i < st->npending; i++) {
-        explicit_bzero(st->pending[i], strlen(st->pending[i]));
-        free(st->pending[i]);
-    }
-    st->npending = st->next_pending = 0;
-}
 
 static void imap_cleanup(session_t *s)
 {
-    imap_state_t *st = st_of(s);
+    imap_state_t *st = s->pstate;
     free(st->id_params);
-    free(st->oauth_failure);
-    free_pending(st);
     buf_free(&st->fwd);
 }
 
@@ -115,157 +91,102 @@ static char *imap_capabilities(const char *configured, unsigned auth, int startt
 
 /* ---- replies ---- */
 
-static void reply(session_t *s, const char *status, const char *text)
+static const proto_reply_t imap_replies[REPLY_COUNT] = {
+    [REPLY_NO] = { "NO", NULL },
+    [REPLY_MECH_UNKNOWN] = { "NO", NULL },
+    /* starttls = "only": LOGINDISABLED until TLS (RFC 9051 §6.2.3) */
+    [REPLY_TLS_REQUIRED] = { "NO", "[PRIVACYREQUIRED] Use STARTTLS first" },
+    [REPLY_BYE] = { "BYE", NULL },
+};
+
+/* A tagged reply to the current command ("*" when it had no valid tag). */
+static void tagged(session_t *s, const char *status, const char *text)
 {
-    imap_state_t *st = st_of(s);
-    session_printf(s, "%s %s %s\r\n", st->tag[0] ? st->tag : "*", status, text);
+    const char *tag = preauth_tag(s);
+    session_printf(s, "%s %s %s\r\n", tag[0] ? tag : "*", status, text);
 }
 
-static void imap_bye(session_t *s, const char *why)
+/* BAD, not NO, for a bad SASL message, as nginx ("invalid command");
+ * Dovecot says NO: RFC 9051 6.2.2 allows either reading. */
+static void imap_reply(session_t *s, reply_t what, const char *status, const char *text)
 {
-    session_printf(s, "* BYE %s\r\n", why);
+    if (what == REPLY_CHALLENGE || what == REPLY_LITERAL)
+        session_printf(s, "+ %s\r\n", text);
+    else if (what == REPLY_TOO_LONG || what == REPLY_BYE)
+        session_printf(s, "* %s %s\r\n", status, text);
+    else
+        tagged(s, status, text);
 }
 
-static void imap_start(session_t *s)
+static void imap_greet(session_t *s)
 {
     session_printf(s, "* OK [CAPABILITY %s] %s ready\r\n", session_capabilities(s), s->cfg->server_name);
 }
 
-static void imap_auth_refused(session_t *s, const refusal_t *r)
+static char *imap_refusal(session_t *s, const refusal_t *r)
 {
-    imap_state_t *st = st_of(s);
     const char *code = r->temporary ? "[UNAVAILABLE] " : "[AUTHENTICATIONFAILED] ";
-    const char *msg = r->message;
-    if (!msg)
-        msg = r->temporary ? "Temporary authentication failure, try again later" : "Authentication failed";
+    const char *msg = preauth_refusal_text(r, "Authentication failed");
     if (msg[0] == '[') /* the policy chose its own response code */
         code = "";
-    if (s->cred.mechanism && strstr("xoauth2 oauthbearer", s->cred.mechanism)) {
-        /* RFC 7628 §3.2.2: an error challenge first; the NO follows the
-         * client's (dummy) answer. */
-        char challenge[256];
-        sasl_oauth_error(challenge, sizeof challenge, r->temporary);
-        free(st->oauth_failure);
-        st->oauth_failure = xasprintf("%s NO %s%s\r\n", st->tag, code, msg);
-        session_printf(s, "+ %s\r\n", challenge);
-        st->state = C_OAUTH_ERROR;
-        return;
-    }
-    session_printf(s, "%s NO %s%s\r\n", st->tag, code, msg);
-    st->state = C_COMMAND;
+    return xasprintf("%s NO %s%s\r\n", preauth_tag(s), code, msg);
 }
 
 /* ---- client commands ---- */
 
-static int copy_string_arg(const char *buf, const imap_arg_t *a, char *out, size_t outlen)
+static int copy_string_arg(const char *buf, const cmd_arg_t *a, char *out, size_t outlen)
 {
-    if (a->type != IMAP_ARG_ATOM && a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL)
-        return -1;
-    long n = imap_arg_copy(buf, a, out, outlen);
+    if (a->type != CMD_ARG_ATOM && a->type != CMD_ARG_QUOTED && a->type != CMD_ARG_LITERAL)
+        return PT_INVALID;
+    long n = cmd_arg_copy(buf, a, out, outlen);
     if (n < 0 || !sasl_safe_credential(out, (size_t)n))
-        return -1;
-    return 0;
+        return PT_INVALID;
+    return PT_OK;
 }
 
-static void begin_auth(session_t *s, const char *mech, char *user, char *pass, char *authzid)
-{
-    session_reset_credentials(s);
-    s->cred.user = user;
-    s->cred.password = pass;
-    s->cred.authzid = authzid;
-    s->cred.mechanism = mech;
-    st_of(s)->state = C_COMMAND;
-    session_authenticate(s);
-}
-
-static void cmd_login(session_t *s, const char *buf, const imap_command_t *cmd)
+static void cmd_login(session_t *s, const char *buf, const cmd_t *cmd)
 {
     char user[IMAP_MAX_CRED + 1], pass[IMAP_MAX_CRED + 1];
     if (cmd->nargs != 2 || copy_string_arg(buf, &cmd->args[0], user, sizeof user) < 0 ||
         copy_string_arg(buf, &cmd->args[1], pass, sizeof pass) < 0 || !user[0]) {
-        reply(s, "BAD", "Syntax: LOGIN user password");
         explicit_bzero(pass, sizeof pass);
-        session_error(s);
+        preauth_reply(s, REPLY_BAD, "Syntax: LOGIN user password");
         return;
     }
-    /* nginx calls the LOGIN command's method "plain" (Auth-Method). */
-    begin_auth(s, "plain", xstrdup(user), xstrdup(pass), NULL);
+    credentials_clear(&s->cred);
+    s->cred.user = xstrdup(user);
+    s->cred.password = xstrdup(pass);
+    s->cred.mechanism = "plain"; /* nginx calls the LOGIN command's method "plain" (Auth-Method) */
     explicit_bzero(pass, sizeof pass);
+    preauth_login(s);
 }
 
-/* What the shared SASL machine answered: a challenge, done, or an error. */
-static void sasl_result(session_t *s, int rc, const char *challenge)
+static void cmd_authenticate(session_t *s, const char *buf, const cmd_t *cmd)
 {
-    imap_state_t *st = st_of(s);
-    if (rc == PT_INVALID) /* one case per reason */
-        rc = PT_INVALID * 16 + (int)st->sasl.fault;
-    switch (rc) {
-    case PT_AGAIN:
-        st->state = C_SASL;
-        session_printf(s, "+ %s\r\n", challenge);
-        return;
-    case PT_OK:
-        st->state = C_COMMAND;
-        session_authenticate(s);
-        return;
-    case PT_DECLINED:
-        st->state = C_COMMAND;
-        reply(s, "BAD", "Authentication cancelled");
-        return;
-    case PT_INVALID * 16 + SASL_FAULT_BASE64:
-        st->state = C_COMMAND;
-        reply(s, "BAD", "Invalid base64 data");
-        session_error(s);
-        return;
-    case PT_INVALID * 16 + SASL_FAULT_IR:
-        st->state = C_COMMAND;
-        reply(s, "BAD", "This mechanism takes no initial response");
-        session_error(s);
-        return;
-    default: /* BAD, as nginx ("invalid command"); Dovecot says NO: RFC 9051 6.2.2 allows either reading */
-        st->state = C_COMMAND;
-        reply(s, "BAD", "Invalid SASL message");
-        session_error(s);
+    if (cmd->nargs < 1 || cmd->nargs > 2 || cmd->args[0].type != CMD_ARG_ATOM ||
+        (cmd->nargs == 2 && cmd->args[1].type != CMD_ARG_ATOM)) {
+        preauth_reply(s, REPLY_BAD, "Syntax: AUTHENTICATE mechanism [initial-response]");
         return;
     }
-}
-
-static void cmd_authenticate(session_t *s, const char *buf, const imap_command_t *cmd)
-{
-    imap_state_t *st = st_of(s);
-    if (cmd->nargs < 1 || cmd->nargs > 2 || cmd->args[0].type != IMAP_ARG_ATOM ||
-        (cmd->nargs == 2 && cmd->args[1].type != IMAP_ARG_ATOM)) {
-        reply(s, "BAD", "Syntax: AUTHENTICATE mechanism [initial-response]");
-        session_error(s);
-        return;
-    }
-    int mech = sasl_mech_from_name(buf + cmd->args[0].off, cmd->args[0].len, s->listener->auth);
-    if (!mech) {
-        reply(s, "NO", "Unsupported authentication mechanism");
-        return;
-    }
-    char challenge[512];
-    int rc = sasl_begin(&st->sasl, mech, cmd->nargs == 2 ? buf + cmd->args[1].off : NULL,
-                        cmd->nargs == 2 ? cmd->args[1].len : 0, s->cfg->server_name, &s->cred, challenge,
-                        sizeof challenge);
-    sasl_result(s, rc, challenge);
+    const cmd_arg_t *m = &cmd->args[0], *ir = cmd->nargs == 2 ? &cmd->args[1] : NULL;
+    preauth_authenticate(s, buf + m->off, m->len, ir ? buf + ir->off : NULL, ir ? ir->len : 0);
 }
 
 /* ID ( "name" "value" ... ) or ID NIL (RFC 2971). Answered here; the
  * client's list is kept so it can be passed to the upstream. */
-static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
+static void cmd_id(session_t *s, const char *buf, const cmd_t *cmd)
 {
-    imap_state_t *st = st_of(s);
-    int ok = cmd->nargs == 1 && imap_arg_is(buf, &cmd->args[0], "NIL");
-    if (!ok && cmd->nargs >= 2 && cmd->args[0].type == IMAP_ARG_LPAREN &&
-        cmd->args[cmd->nargs - 1].type == IMAP_ARG_RPAREN && (cmd->nargs - 2) % 2 == 0 &&
+    imap_state_t *st = s->pstate;
+    int ok = cmd->nargs == 1 && cmd_arg_is(buf, &cmd->args[0], "NIL");
+    if (!ok && cmd->nargs >= 2 && cmd->args[0].type == CMD_ARG_LPAREN &&
+        cmd->args[cmd->nargs - 1].type == CMD_ARG_RPAREN && (cmd->nargs - 2) % 2 == 0 &&
         (cmd->nargs - 2) / 2 <= IMAP_MAX_ID_PAIRS) {
         ok = 1;
         size_t size = 3;
         for (int i = 1; i < cmd->nargs - 1; i++) {
-            const imap_arg_t *a = &cmd->args[i];
-            int is_nil = imap_arg_is(buf, a, "NIL") && i % 2 == 0;
-            if ((a->type != IMAP_ARG_QUOTED && a->type != IMAP_ARG_LITERAL && !is_nil) || a->len > 1024)
+            const cmd_arg_t *a = &cmd->args[i];
+            int is_nil = cmd_arg_is(buf, a, "NIL") && i % 2 == 0;
+            if ((a->type != CMD_ARG_QUOTED && a->type != CMD_ARG_LITERAL && !is_nil) || a->len > 1024)
                 ok = 0; /* RFC 2971: strings of at most 1024 octets */
             size += a->len * 2 + 3;
         }
@@ -273,16 +194,16 @@ static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
             char *list = xmalloc(size), *p = list;
             *p++ = '(';
             for (int i = 1; i < cmd->nargs - 1; i++) {
-                const imap_arg_t *a = &cmd->args[i];
+                const cmd_arg_t *a = &cmd->args[i];
                 if (i > 1)
                     *p++ = ' ';
-                if (a->type == IMAP_ARG_ATOM) {
+                if (a->type == CMD_ARG_ATOM) {
                     memcpy(p, "NIL", 3);
                     p += 3;
                     continue;
                 }
                 char v[1100];
-                long n = imap_arg_copy(buf, a, v, sizeof v);
+                long n = cmd_arg_copy(buf, a, v, sizeof v);
                 *p++ = '"';
                 for (long k = 0; k < n && n > 0; k++) {
                     if (v[k] == '\r' || v[k] == '\n')
@@ -300,145 +221,46 @@ static void cmd_id(session_t *s, const char *buf, const imap_command_t *cmd)
         }
     }
     if (!ok) {
-        reply(s, "BAD", "Syntax: ID ( \"field\" \"value\" ... ) or ID NIL");
-        session_error(s);
+        preauth_reply(s, REPLY_BAD, "Syntax: ID ( \"field\" \"value\" ... ) or ID NIL");
         return;
     }
     session_printf(s, "* ID (\"name\" \"postern\" \"version\" \"%s\")\r\n", POSTERN_VERSION);
-    reply(s, "OK", "ID completed");
+    tagged(s, "OK", "ID completed");
 }
 
-static void dispatch(session_t *s, const char *buf, const imap_command_t *cmd)
+static void imap_execute(session_t *s, const char *buf, const cmd_t *cmd)
 {
-    const char *name = buf + cmd->name_off;
-    size_t nl = cmd->name_len;
-#define IS(w) (nl == sizeof(w) - 1 && strncasecmp(name, w, nl) == 0)
-    if ((IS("LOGIN") || IS("AUTHENTICATE")) && session_tls_required(s)) {
-        /* starttls = "only": LOGINDISABLED until TLS (RFC 9051 §6.2.3) */
-        reply(s, "NO", "[PRIVACYREQUIRED] Use STARTTLS first");
-    } else if (IS("LOGIN")) {
+    bool noargs = cmd->nargs == 0;
+    if ((cmd_is(buf, cmd, "LOGIN") || cmd_is(buf, cmd, "AUTHENTICATE")) && preauth_tls_required(s)) {
+        return;
+    } else if (cmd_is(buf, cmd, "LOGIN")) {
         cmd_login(s, buf, cmd);
-    } else if (IS("AUTHENTICATE")) {
+    } else if (cmd_is(buf, cmd, "AUTHENTICATE")) {
         cmd_authenticate(s, buf, cmd);
-    } else if (IS("CAPABILITY") && cmd->nargs == 0) {
+    } else if (cmd_is(buf, cmd, "CAPABILITY") && noargs) {
         session_printf(s, "* CAPABILITY %s\r\n", session_capabilities(s));
-        reply(s, "OK", "CAPABILITY completed");
-    } else if (IS("NOOP") && cmd->nargs == 0) {
-        reply(s, "OK", "NOOP completed");
-    } else if (IS("LOGOUT") && cmd->nargs == 0) {
-        imap_bye(s, "Logging out");
-        reply(s, "OK", "LOGOUT completed");
+        tagged(s, "OK", "CAPABILITY completed");
+    } else if (cmd_is(buf, cmd, "NOOP") && noargs) {
+        tagged(s, "OK", "NOOP completed");
+    } else if (cmd_is(buf, cmd, "LOGOUT") && noargs) {
+        session_printf(s, "* BYE Logging out\r\n");
+        tagged(s, "OK", "LOGOUT completed");
         s->close_reason = "client logged out";
         session_quit(s);
-    } else if (IS("ID")) {
+    } else if (cmd_is(buf, cmd, "ID")) {
         cmd_id(s, buf, cmd);
-    } else if (IS("STARTTLS") && cmd->nargs == 0 && s->listener->starttls && !s->ctls) {
-        reply(s, "OK", "Begin TLS negotiation now");
-        session_starttls(s);
-    } else if (IS("STARTTLS")) {
-        reply(s, "BAD", s->ctls                   ? "TLS is already active"
-                        : s->listener->starttls ? "STARTTLS takes no arguments"
-                                                : "STARTTLS is not available on this port");
-    } else if (IS("CAPABILITY") || IS("NOOP") || IS("LOGOUT")) {
-        reply(s, "BAD", "This command takes no arguments");
-        session_error(s);
+    } else if (cmd_is(buf, cmd, "STARTTLS")) {
+        preauth_starttls(s, !noargs);
+    } else if (cmd_is(buf, cmd, "CAPABILITY") || cmd_is(buf, cmd, "NOOP") || cmd_is(buf, cmd, "LOGOUT")) {
+        preauth_reply(s, REPLY_BAD, "This command takes no arguments");
     } else {
-        reply(s, "BAD", "Unknown command or not allowed before login");
-        session_error(s);
+        preauth_reply(s, REPLY_UNKNOWN, NULL);
     }
-#undef IS
 }
 
-static void too_long(session_t *s)
+static int imap_parse(const char *buf, size_t len, size_t max, cmd_t *cmd)
 {
-    session_log(s, LL_INFO, "client sent too long command");
-    s->close_reason = "too long command";
-    session_printf(s, "* BAD Command line too long\r\n");
-    session_quit(s);
-}
-
-static void imap_client_input(session_t *s)
-{
-    imap_state_t *st = st_of(s);
-    while (s->phase == PHASE_PREAUTH && !s->quit && !session_output_blocked(s) && s->cin.len > 0) {
-        if (st->state != C_COMMAND) {
-            size_t ll, used;
-            if (!buf_find_line(s->cin.data, s->cin.len, &ll, &used)) {
-                if (buf_room(&s->cin) == 0)
-                    too_long(s);
-                return;
-            }
-            char *line = xmalloc(ll + 1);
-            memcpy(line, s->cin.data, ll);
-            buf_consume(&s->cin, used);
-            if (st->state == C_OAUTH_ERROR) {
-                st->state = C_COMMAND;
-                if (ll == 1 && line[0] == '*')
-                    reply(s, "BAD", "Authentication cancelled"); /* RFC 9051 §6.2.2 */
-                else if (st->oauth_failure)
-                    session_write(s, st->oauth_failure, strlen(st->oauth_failure));
-                free(st->oauth_failure);
-                st->oauth_failure = NULL;
-            } else {
-                char challenge[512];
-                int rc = sasl_step(&st->sasl, line, ll, &s->cred, challenge, sizeof challenge);
-                sasl_result(s, rc, challenge);
-            }
-            explicit_bzero(line, ll);
-            free(line);
-            continue;
-        }
-        imap_command_t cmd;
-        int rc = imap_parse_command(s->cin.data, s->cin.len, s->cfg->client_buffer, &cmd);
-        if (cmd.tag_len > 0 && cmd.tag_len <= IMAP_MAX_TAG) {
-            memcpy(st->tag, s->cin.data, cmd.tag_len);
-            st->tag[cmd.tag_len] = '\0';
-        } else {
-            st->tag[0] = '\0';
-        }
-        if (rc == PT_AGAIN) {
-            if (buf_room(&s->cin) == 0) {
-                too_long(s);
-            } else if (cmd.sync_literals > st->lit_acked) {
-                st->lit_acked = cmd.sync_literals;
-                session_printf(s, "+ Ready for literal data\r\n");
-            }
-            return;
-        }
-        st->lit_acked = 0;
-        if (rc == PT_TOO_BIG) {
-            session_log(s, LL_INFO, "client sent too large literal");
-            reply(s, "BAD", cmd.error);
-            s->close_reason = "too large literal";
-            session_quit(s);
-            return;
-        }
-        if (rc == PT_INVALID) {
-            if (cmd.consumed == 0) { /* the rest of the bad line is still to come */
-                if (buf_room(&s->cin) == 0)
-                    too_long(s);
-                return;
-            }
-            buf_consume(&s->cin, cmd.consumed);
-            reply(s, "BAD", cmd.error);
-            if (cmd.close_after) {
-                s->close_reason = "unrecoverable syntax error";
-                session_quit(s);
-                return;
-            }
-            session_error(s);
-            continue;
-        }
-        /* Work on a copy: the command may start a login whose outcome
-         * comes back (and parses further input) before we return. */
-        char *copy = xmalloc(cmd.consumed);
-        memcpy(copy, s->cin.data, cmd.consumed);
-        size_t used = cmd.consumed;
-        buf_consume(&s->cin, used);
-        dispatch(s, copy, &cmd);
-        explicit_bzero(copy, used);
-        free(copy);
-    }
+    return imap_parse_command(buf, len, max, cmd);
 }
 
 /* ---- upstream login ---- */
@@ -446,10 +268,7 @@ static void imap_client_input(session_t *s)
 static void parse_caps(imap_state_t *st, const char *p, size_t len)
 {
     char tmp[4096];
-    if (len >= sizeof tmp)
-        len = sizeof tmp - 1;
-    memcpy(tmp, p, len);
-    tmp[len] = '\0';
+    str_copy(tmp, sizeof tmp, p, len);
     char *e = strchr(tmp, ']');
     if (e)
         *e = '\0';
@@ -499,76 +318,63 @@ static char *quote(const char *v)
 
 /* AUTHENTICATE <mech> with its initial response: on the command line with
  * SASL-IR, else after the server's "+". */
-static void send_authenticate(session_t *s, int mech, const char *user, const char *pass)
+static void send_authenticate(login_t *l, int mech, const char *user, const char *pass)
 {
-    imap_state_t *st = st_of(s);
+    imap_state_t *st = l->p.pstate;
     char *b64 = sasl_client_response(mech, user, pass);
-    char *line;
-    st->umech = mech;
+    l->mech = mech;
     if (st->ucaps & CAP_SASL_IR) {
-        line = xasprintf("%s AUTHENTICATE %s %s\r\n", st->tag, sasl_mech_name(mech), b64);
+        login_send_line(l, xasprintf("%s AUTHENTICATE %s %s\r\n", l->p.tag, sasl_mech_name(mech), b64));
     } else {
-        line = xasprintf("%s AUTHENTICATE %s\r\n", st->tag, sasl_mech_name(mech));
-        st->pending[st->npending++] = xasprintf("%s\r\n", b64);
+        login_queue(l, xasprintf("%s\r\n", b64));
+        login_send_line(l, xasprintf("%s AUTHENTICATE %s\r\n", l->p.tag, sasl_mech_name(mech)));
     }
-    explicit_bzero(b64, strlen(b64));
-    free(b64);
-    session_upstream_write(s, line, strlen(line));
-    explicit_bzero(line, strlen(line));
-    free(line);
+    str_wipe_free(&b64);
 }
 
-static void send_login(session_t *s)
+static void send_login(login_t *l)
 {
-    imap_state_t *st = st_of(s);
-    const char *user = session_upstream_user(s), *pass = session_upstream_password(s);
-    if (!user || !pass) {
-        session_upstream_failed(s, "no password to log in to the upstream with (the policy must give one "
-                                   "for CRAM-MD5 and APOP clients)");
+    imap_state_t *st = l->p.pstate;
+    const char *user, *pass;
+    int mech;
+    if (!login_credentials(l, &user, &pass, &mech))
         return;
-    }
-    free_pending(st);
+    login_forget_pending(l);
     st->ustate = U_LOGIN;
-    st->umech = 0;
-    const upstream_t *u = session_upstream(s);
-    int mech = sasl_upstream_mech(&s->cred, u->auth);
+    l->mech = 0;
     if (mech == SASL_XOAUTH2 || mech == SASL_OAUTHBEARER || mech == SASL_PLAIN) {
-        send_authenticate(s, mech, user, pass);
+        send_authenticate(l, mech, user, pass);
         return;
     }
     if (st->ucaps & CAP_LOGINDISABLED && mech != SASL_LOGIN) {
         if (!(st->ucaps & CAP_AUTH_PLAIN)) {
-            session_upstream_failed(s, "upstream has LOGINDISABLED and no AUTH=PLAIN");
+            login_fail(l, "upstream has LOGINDISABLED and no AUTH=PLAIN");
             return;
         }
-        send_authenticate(s, SASL_PLAIN, user, pass);
+        send_authenticate(l, SASL_PLAIN, user, pass);
         return;
     }
-    char *line;
+    const char *tag = l->p.tag;
     if (quotable(user) && quotable(pass)) {
         char *qu = quote(user), *qp = quote(pass);
-        line = xasprintf("%s LOGIN %s %s\r\n", st->tag, qu, qp);
-        explicit_bzero(qp, strlen(qp));
+        login_send_line(l, xasprintf("%s LOGIN %s %s\r\n", tag, qu, qp));
         free(qu);
-        free(qp);
+        str_wipe_free(&qp);
     } else if (st->ucaps & CAP_LITERALPLUS) {
-        line = xasprintf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", st->tag, strlen(user), user, strlen(pass), pass);
+        login_send_line(l, xasprintf("%s LOGIN {%zu+}\r\n%s {%zu+}\r\n%s\r\n", tag, strlen(user), user, strlen(pass),
+                                     pass));
     } else {
-        line = xasprintf("%s LOGIN {%zu}\r\n", st->tag, strlen(user));
-        st->pending[st->npending++] = xasprintf("%s {%zu}\r\n", user, strlen(pass));
-        st->pending[st->npending++] = xasprintf("%s\r\n", pass);
+        login_queue(l, xasprintf("%s {%zu}\r\n", user, strlen(pass)));
+        login_queue(l, xasprintf("%s\r\n", pass));
+        login_send_line(l, xasprintf("%s LOGIN {%zu}\r\n", tag, strlen(user)));
     }
-    session_upstream_write(s, line, strlen(line));
-    explicit_bzero(line, strlen(line));
-    free(line);
 }
 
-static void imap_upstream_start(session_t *s)
+static void imap_login_start(login_t *l)
 {
-    imap_state_t *st = st_of(s);
+    imap_state_t *st = l->p.pstate;
     st->ustate = U_GREETING;
     st->ucaps = 0;
-    free_pending(st);
     buf_free(&st->fwd);
     buf_init(&st->fwd, IMAP_FWD_MAX);
 }
@@ -579,162 +385,131 @@ static int starts(const char *line, size_t len, const char *prefix)
     return len >= n && strncasecmp(line, prefix, n) == 0;
 }
 
-static void upstream_line(session_t *s, const char *line, size_t len)
+/* The upstream's tagged reply to the login. */
+static void login_reply(login_t *l, const char *line, size_t len, const char *rest, size_t rl)
 {
-    imap_state_t *st = st_of(s);
+    imap_state_t *st = l->p.pstate;
+    if (starts(rest, rl, "OK")) {
+        if (buf_append(&st->fwd, line, len) < 0 || buf_append(&st->fwd, "\r\n", 2) < 0) {
+            login_fail(l, "upstream login reply too long");
+            return;
+        }
+        login_ready(l, st->fwd.data, st->fwd.len);
+        buf_free(&st->fwd);
+        return;
+    }
+    /* NO or BAD: the credentials did not work there. */
+    const char *text = rest;
+    size_t tlen = rl;
+    size_t skip = starts(rest, rl, "NO") ? 2 : starts(rest, rl, "BAD") ? 3 : 0;
+    if (skip && (rl == skip || rest[skip] == ' ')) {
+        text = rest + skip;
+        tlen = rl - skip;
+        while (tlen && *text == ' ')
+            text++, tlen--;
+    }
+    if (tlen == 0) {
+        text = "[AUTHENTICATIONFAILED] Authentication failed";
+        tlen = strlen(text);
+    }
+    char *reply = xasprintf("%s NO %.*s\r\n", l->p.tag, (int)tlen, text);
+    buf_free(&st->fwd);
+    login_refused(l, reply, strlen(reply), text);
+    free(reply);
+}
+
+static void imap_login_line(login_t *l, const char *line, size_t len)
+{
+    imap_state_t *st = l->p.pstate;
     char why[300];
     switch (st->ustate) {
     case U_GREETING:
-        if (starts(line, len, "* OK") && session_upstream_wants_starttls(s)) {
+        if (starts(line, len, "* OK") && login_wants_starttls(l)) {
             st->ustate = U_STARTTLS;
-            session_upstream_write(s, "P0 STARTTLS\r\n", 13);
+            login_send(l, "P0 STARTTLS\r\n", 13);
         } else if (starts(line, len, "* OK")) {
             const char *caps = find_caps(line, len);
             if (caps) {
                 parse_caps(st, caps, len - (size_t)(caps - line));
-                send_login(s);
+                send_login(l);
             } else {
                 st->ustate = U_CAPABILITY;
-                session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
+                login_send(l, "P1 CAPABILITY\r\n", 15);
             }
-        } else if (starts(line, len, "* PREAUTH") && session_upstream_wants_starttls(s)) {
+        } else if (starts(line, len, "* PREAUTH") && login_wants_starttls(l)) {
             /* logged in before TLS: relaying would be plaintext (STARTTLS stripping) */
-            session_upstream_failed(s, "upstream greeted with PREAUTH but STARTTLS is required");
+            login_fail(l, "upstream greeted with PREAUTH but STARTTLS is required");
         } else if (starts(line, len, "* PREAUTH")) {
             /* Already logged in: pass its capabilities on, if it gave any. */
             const char *caps = find_caps(line, len);
             const char *end = caps ? memchr(caps, ']', len - (size_t)(caps - line)) : NULL;
-            char *ok = end ? xasprintf("%s OK [CAPABILITY %.*s] Logged in\r\n", st->tag, (int)(end - caps), caps)
-                           : xasprintf("%s OK Logged in\r\n", st->tag);
-            session_upstream_ready(s, ok, strlen(ok));
+            char *ok = end ? xasprintf("%s OK [CAPABILITY %.*s] Logged in\r\n", l->p.tag, (int)(end - caps), caps)
+                           : xasprintf("%s OK Logged in\r\n", l->p.tag);
+            login_ready(l, ok, strlen(ok));
             free(ok);
         } else {
             snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
                      line);
-            session_upstream_failed(s, why);
+            login_fail(l, why);
         }
         return;
     case U_STARTTLS:
-        if (starts(line, len, "P0 OK")) {
-            session_upstream_starttls(s);
-        } else if (starts(line, len, "P0 ")) {
-            /* never falls back to plaintext */
-            session_upstream_failed(s, "upstream refused STARTTLS");
-        }
+        if (starts(line, len, "P0 OK"))
+            login_starttls(l);
+        else if (starts(line, len, "P0 ")) /* never falls back to plaintext */
+            login_fail(l, "upstream refused STARTTLS");
         return;
     case U_CAPABILITY:
-        if (starts(line, len, "* CAPABILITY ")) {
+        if (starts(line, len, "* CAPABILITY "))
             parse_caps(st, line + 13, len - 13);
-        } else if (starts(line, len, "P1 OK")) {
-            send_login(s);
-        } else if (starts(line, len, "P1 ")) {
-            session_upstream_failed(s, "upstream refused CAPABILITY");
-        }
+        else if (starts(line, len, "P1 OK"))
+            send_login(l);
+        else if (starts(line, len, "P1 "))
+            login_fail(l, "upstream refused CAPABILITY");
         return;
     case U_LOGIN: {
-        size_t tl = strlen(st->tag);
+        size_t tl = strlen(l->p.tag);
         if (len >= 1 && line[0] == '+') {
-            if (st->next_pending < st->npending) {
-                const char *seg = st->pending[st->next_pending++];
-                session_upstream_write(s, seg, strlen(seg));
-            } else if (st->umech == SASL_XOAUTH2 || st->umech == SASL_OAUTHBEARER) {
-                /* the token was refused: answer the error challenge, the NO follows */
-                const char *dummy = st->umech == SASL_OAUTHBEARER ? "AQ==\r\n" : "\r\n";
-                session_upstream_write(s, dummy, strlen(dummy));
-            } else {
-                session_upstream_failed(s, "upstream sent an unexpected continuation");
-            }
+            login_continue(l);
         } else if (len >= 2 && line[0] == '*' && line[1] == ' ') {
             if (buf_append(&st->fwd, line, len) < 0 || buf_append(&st->fwd, "\r\n", 2) < 0)
-                session_upstream_failed(s, "upstream sent too many untagged lines at login");
-        } else if (len > tl && strncmp(line, st->tag, tl) == 0 && line[tl] == ' ') {
-            const char *rest = line + tl + 1;
-            size_t rl = len - tl - 1;
-            if (starts(rest, rl, "OK")) {
-                if (buf_append(&st->fwd, line, len) < 0 || buf_append(&st->fwd, "\r\n", 2) < 0) {
-                    session_upstream_failed(s, "upstream login reply too long");
-                    return;
-                }
-                free_pending(st);
-                session_upstream_ready(s, st->fwd.data, st->fwd.len);
-                buf_free(&st->fwd);
-            } else {
-                /* NO or BAD: the credentials did not work there. */
-                const char *text = rest;
-                size_t tlen = rl;
-                size_t skip = starts(rest, rl, "NO") ? 2 : starts(rest, rl, "BAD") ? 3 : 0;
-                if (skip && (rl == skip || rest[skip] == ' ')) {
-                    text = rest + skip;
-                    tlen = rl - skip;
-                    while (tlen && *text == ' ')
-                        text++, tlen--;
-                }
-                if (tlen == 0) {
-                    text = "[AUTHENTICATIONFAILED] Authentication failed";
-                    tlen = strlen(text);
-                }
-                session_log(s, LL_INFO, "upstream refused login: \"%.*s\"", (int)(tlen > 200 ? 200 : tlen), text);
-                session_printf(s, "%s NO %.*s\r\n", st->tag, (int)tlen, text);
-                free_pending(st);
-                buf_free(&st->fwd);
-                st->state = C_COMMAND;
-                session_upstream_refused(s);
-            }
+                login_fail(l, "upstream sent too many untagged lines at login");
+        } else if (len > tl && strncmp(line, l->p.tag, tl) == 0 && line[tl] == ' ') {
+            login_reply(l, line, len, line + tl + 1, len - tl - 1);
         }
         return;
     }
     }
 }
 
-static void imap_upstream_input(session_t *s)
+/* Capabilities change with TLS: ask again (RFC 9051 §6.2.1). */
+static void imap_login_tls_ready(login_t *l)
 {
-    size_t ll, used;
-    while (s->phase == PHASE_UPSTREAM && s->uin.len > 0 &&
-           buf_find_line(s->uin.data, s->uin.len, &ll, &used)) {
-        /* The line leaves the buffer before we act: acting may hand the
-         * rest of the buffer to the client or drop the connection. */
-        char *line = xmalloc(ll + 1);
-        memcpy(line, s->uin.data, ll);
-        line[ll] = '\0';
-        buf_consume(&s->uin, used);
-        upstream_line(s, line, ll);
-        free(line);
-    }
-}
-
-static void imap_tls_started(session_t *s)
-{
-    imap_state_t *st = st_of(s);
-    st->state = C_COMMAND;
-    st->lit_acked = 0;
-}
-
-/* ---- upstream STARTTLS ---- */
-
-static void imap_upstream_tls_ready(session_t *s)
-{
-    /* capabilities change with TLS: ask again (RFC 9051 §6.2.1) */
-    imap_state_t *st = st_of(s);
+    imap_state_t *st = l->p.pstate;
     st->ustate = U_CAPABILITY;
     st->ucaps = 0;
-    session_upstream_write(s, "P1 CAPABILITY\r\n", 15);
+    login_send(l, "P1 CAPABILITY\r\n", 15);
 }
 
 const proto_t proto_imap = {
     .name = "imap",
+    .alpn = "imap",
     .default_ports = { 143, 993 },
     .default_auth = AUTH_LOGIN | AUTH_PLAIN,
     .allowed_auth = AUTH_LOGIN | AUTH_PLAIN | AUTH_CRAM_MD5 | AUTH_XOAUTH2 | AUTH_OAUTHBEARER | AUTH_EXTERNAL,
+    .capabilities_key = "imap_capabilities",
     .state_size = sizeof(imap_state_t),
     .capabilities = imap_capabilities,
-    .start = imap_start,
-    .client_input = imap_client_input,
-    .auth_refused = imap_auth_refused,
-    .bye = imap_bye,
+    .yes = "OK",
+    .no = "BAD",
+    .replies = imap_replies,
+    .reply = imap_reply,
+    .greet = imap_greet,
+    .parse = imap_parse,
+    .execute = imap_execute,
+    .refusal = imap_refusal,
     .cleanup = imap_cleanup,
-    .upstream_start = imap_upstream_start,
-    .upstream_input = imap_upstream_input,
-    .tls_started = imap_tls_started,
-    .upstream_tls_ready = imap_upstream_tls_ready,
+    .login_start = imap_login_start,
+    .login_line = imap_login_line,
+    .login_tls_ready = imap_login_tls_ready,
 };
-

@@ -1,6 +1,5 @@
-/* imap_parse.c: IMAP command parsing. The parser restarts from the first
- * byte of the command on every call: commands are bounded by the client
- * buffer, so this stays cheap and needs no saved state. */
+/* imap_parse.c: IMAP command parsing (RFC 9051 / 3501: the grammar a
+ * proxy needs before login), a pure function over a buffer (cmd.h). */
 #include "imap_parse.h"
 
 #include <string.h>
@@ -20,7 +19,7 @@ static int is_atom_end(unsigned char c)
 }
 
 /* Bad line: report how far to skip (through the LF), 0 when not seen yet. */
-static int bad(const char *buf, size_t len, size_t pos, imap_command_t *cmd, const char *why)
+static int bad(const char *buf, size_t len, size_t pos, cmd_t *cmd, const char *why)
 {
     cmd->error = why;
     const char *lf = pos < len ? memchr(buf + pos, '\n', len - pos) : NULL;
@@ -39,11 +38,27 @@ static int bad(const char *buf, size_t len, size_t pos, imap_command_t *cmd, con
     return PT_INVALID;
 }
 
-int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_command_t *cmd)
+/* The command's name: letters and digits. pos is advanced past it. */
+static int parse_name(const char *buf, size_t len, size_t *pos, cmd_t *cmd)
+{
+    size_t p = *pos;
+    cmd->name_off = p;
+    while (p < len && ((buf[p] >= 'a' && buf[p] <= 'z') || (buf[p] >= 'A' && buf[p] <= 'Z') ||
+                       (buf[p] >= '0' && buf[p] <= '9')))
+        p++;
+    *pos = p;
+    if (p == len)
+        return PT_AGAIN;
+    cmd->name_len = p - cmd->name_off;
+    if (cmd->name_len == 0)
+        return bad(buf, len, p, cmd, "Missing command");
+    return PT_OK;
+}
+
+int imap_parse_command(const char *buf, size_t len, size_t max_literal, cmd_t *cmd)
 {
     memset(cmd, 0, sizeof *cmd);
     size_t pos = 0;
-    int sync_seen = 0;
 
     while (pos < len && is_tag_char((unsigned char)buf[pos]))
         pos++;
@@ -56,17 +71,26 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
         return bad(buf, len, pos, cmd, "Tag too long");
     cmd->tag_len = pos;
     pos++;
+    int rc = parse_name(buf, len, &pos, cmd);
+    if (rc != PT_OK)
+        return rc;
+    return imap_parse_args(buf, len, pos, max_literal, 0, cmd);
+}
 
-    cmd->name_off = pos;
-    while (pos < len && ((buf[pos] >= 'a' && buf[pos] <= 'z') || (buf[pos] >= 'A' && buf[pos] <= 'Z') ||
-                         (buf[pos] >= '0' && buf[pos] <= '9')))
-        pos++;
-    if (pos == len)
-        return PT_AGAIN;
-    cmd->name_len = pos - cmd->name_off;
-    if (cmd->name_len == 0)
-        return bad(buf, len, pos, cmd, "Missing command");
+int imap_parse_unnamed(const char *buf, size_t len, size_t max_literal, int flags, cmd_t *cmd)
+{
+    memset(cmd, 0, sizeof *cmd);
+    size_t pos = 0;
+    int rc = parse_name(buf, len, &pos, cmd);
+    if (rc != PT_OK)
+        return rc;
+    return imap_parse_args(buf, len, pos, max_literal, flags, cmd);
+}
 
+int imap_parse_args(const char *buf, size_t len, size_t pos, size_t max_literal, int flags, cmd_t *cmd)
+{
+    int sync_seen = 0;
+    const size_t start = pos;
     for (;;) {
         if (pos == len)
             return PT_AGAIN;
@@ -79,7 +103,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             return pos + 1 == len ? PT_AGAIN : bad(buf, len, pos, cmd, "Bare CR");
 
         /* Arguments are separated by spaces; lists need none inside. */
-        int after_paren = cmd->nargs > 0 && cmd->args[cmd->nargs - 1].type == IMAP_ARG_LPAREN;
+        int after_paren = cmd->nargs > 0 && cmd->args[cmd->nargs - 1].type == CMD_ARG_LPAREN;
         if (c == ' ') {
             while (pos < len && buf[pos] == ' ')
                 pos++;
@@ -88,15 +112,15 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             c = (unsigned char)buf[pos];
             if (c == '\r' || c == '\n')
                 return bad(buf, len, pos, cmd, "Trailing space");
-        } else if (c != ')' && !after_paren) {
+        } else if (c != ')' && !after_paren && !(pos == start && (flags & IMAP_ARGS_FIRST))) {
             return bad(buf, len, pos, cmd, "Expected a space between arguments");
         }
-        if (cmd->nargs == IMAP_MAX_ARGS)
+        if (cmd->nargs == CMD_MAX_ARGS)
             return bad(buf, len, pos, cmd, "Too many arguments");
-        imap_arg_t *a = &cmd->args[cmd->nargs];
+        cmd_arg_t *a = &cmd->args[cmd->nargs];
 
         if (c == '(' || c == ')') {
-            a->type = c == '(' ? IMAP_ARG_LPAREN : IMAP_ARG_RPAREN;
+            a->type = c == '(' ? CMD_ARG_LPAREN : CMD_ARG_RPAREN;
             a->off = pos++;
             a->len = 1;
         } else if (c == '"') {
@@ -118,7 +142,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
                 }
                 pos++;
             }
-            a->type = IMAP_ARG_QUOTED;
+            a->type = CMD_ARG_QUOTED;
             a->off = start;
             a->len = pos - start;
             pos++;
@@ -136,7 +160,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             }
             if (pos == len)
                 return PT_AGAIN;
-            int sync = 1;
+            int sync = !(flags & IMAP_ARGS_NOSYNC);
             if (buf[pos] == '+') {
                 sync = 0;
                 pos++;
@@ -162,7 +186,7 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
                 cmd->sync_literals = sync ? sync_seen : 0;
                 return PT_AGAIN;
             }
-            a->type = IMAP_ARG_LITERAL;
+            a->type = CMD_ARG_LITERAL;
             a->off = pos;
             a->len = n;
             pos += n;
@@ -184,30 +208,10 @@ int imap_parse_command(const char *buf, size_t len, size_t max_literal, imap_com
             }
             if (pos == len)
                 return PT_AGAIN;
-            a->type = IMAP_ARG_ATOM;
+            a->type = CMD_ARG_ATOM;
             a->off = start;
             a->len = pos - start;
         }
         cmd->nargs++;
     }
-}
-
-long imap_arg_copy(const char *buf, const imap_arg_t *a, char *out, size_t outlen)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < a->len; i++) {
-        char ch = buf[a->off + i];
-        if (a->type == IMAP_ARG_QUOTED && ch == '\\' && i + 1 < a->len)
-            ch = buf[a->off + ++i];
-        if (n + 1 >= outlen)
-            return -1;
-        out[n++] = ch;
-    }
-    out[n] = '\0';
-    return (long)n;
-}
-
-int imap_arg_is(const char *buf, const imap_arg_t *a, const char *s)
-{
-    return a->type == IMAP_ARG_ATOM && strlen(s) == a->len && strncasecmp(buf + a->off, s, a->len) == 0;
 }

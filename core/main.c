@@ -2,7 +2,7 @@
 #include "config.h"
 #include "listener.h"
 #include "log.h"
-#include "lua_bridge.h"
+#include "lua_policy.h"
 #include "session.h"
 
 #include <luajit.h>
@@ -46,7 +46,7 @@ static void on_stop(uv_signal_t *h, int signum)
     uv_close((uv_handle_t *)&sig_hup, NULL);
     listeners_stop();
     session_close_all();
-    lb_shutdown();
+    policy_shutdown();
 }
 
 /* SIGHUP: read the configuration and the policy again. New sessions get
@@ -69,7 +69,7 @@ static void on_hup(uv_signal_t *h, int signum)
         config_release(next);
         return;
     }
-    if (lb_load(h->loop, next, err, sizeof err) < 0) {
+    if (policy_load(h->loop, next, err, sizeof err) < 0) {
         log_msg(LL_ERROR, "reload refused, keeping the running configuration: %s", err);
         config_release(next);
         return;
@@ -147,13 +147,13 @@ int main(int argc, char **argv)
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();
-    if (lb_load(loop, cfg, err, sizeof err) < 0) {
+    if (policy_load(loop, cfg, err, sizeof err) < 0) {
         fprintf(stderr, "postern: %s\n", err);
         config_release(cfg);
         return 1;
     }
     if (test_only) {
-        lb_shutdown();
+        policy_shutdown();
         config_release(cfg);
         uv_loop_close(loop);
         printf("configuration ok\n");
@@ -171,7 +171,7 @@ int main(int argc, char **argv)
         log_msg(LL_ERROR, "%s", err);
         fprintf(stderr, "postern: %s\n", err);
         listeners_stop();
-        lb_shutdown();
+        policy_shutdown();
         uv_run(loop, UV_RUN_DEFAULT);
         uv_loop_close(loop);
         config_release(cfg);

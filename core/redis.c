@@ -8,9 +8,9 @@
  * reply would block all later ones) and the next call reconnects.
  * hiredis 0.14's own libuv adapter ignores poll errors (a refused
  * connection would hang for ever), so the adapter is here, fixed. */
-#include "lua_bridge.h"
+#include "lua_task.h"
 #include "mem.h"
-#include "postern_lib.h"
+#include "lua_lib.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -40,7 +40,7 @@ typedef struct redis_client {  /* the Lua object */
 } redis_client_t;
 
 typedef struct redis_call {
-    lb_wait_t w;
+    task_wait_t w;
     redis_conn_t *conn;
     uv_timer_t timer;
     bool waiting, replied, timer_open;
@@ -96,7 +96,7 @@ static void cleanup(void *p)
 static int attach(redisAsyncContext *ac)
 {
     redis_events_t *e = xcalloc(1, sizeof *e);
-    if (uv_poll_init_socket(lb_loop(), &e->poll, ac->c.fd) != 0) {
+    if (uv_poll_init_socket(task_loop(), &e->poll, ac->c.fd) != 0) {
         free(e);
         return -1;
     }
@@ -213,7 +213,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         return;
     }
     r->waiting = false;
-    lua_State *L = lb_wait_state(&r->w);
+    lua_State *L = task_wait_state(&r->w);
     int n = 1;
     if (!rep) {
         lua_pushnil(L);
@@ -227,7 +227,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         push_reply(L, rep, 0);
     }
     /* hiredis is inside its callback: resume Lua once it returns */
-    lb_wait_done(&r->w, n);
+    task_wait_done(&r->w, n);
     call_maybe_free(r);
 }
 
@@ -246,14 +246,14 @@ static void on_timeout(uv_timer_t *t)
         c->ac = NULL;
         redisAsyncFree(ac);
     }
-    lua_State *L = lb_wait_state(&r->w);
+    lua_State *L = task_wait_state(&r->w);
     lua_pushnil(L);
     lua_pushliteral(L, "timeout");
     stop_timer(r);
-    lb_wait_done(&r->w, 2);
+    task_wait_done(&r->w, 2);
 }
 
-static void cancel(lb_wait_t *w)
+static void cancel(task_wait_t *w)
 {
     redis_call_t *r = (redis_call_t *)w;
     r->waiting = false;
@@ -274,7 +274,7 @@ static int l_call(lua_State *L)
             return luaL_argerror(L, i + 2, "strings and numbers only");
         argv[i] = lua_tolstring(L, i + 2, &lens[i]);
     }
-    lb_wait_check(L, "client:call");
+    task_wait_check(L, "client:call");
     redis_conn_t *c = cl->conn;
     if (!c->ac) {
         const char *err = conn_open(c);
@@ -294,12 +294,12 @@ static int l_call(lua_State *L)
         return 2;
     }
     r->waiting = true;
-    uv_timer_init(lb_loop(), &r->timer);
+    uv_timer_init(task_loop(), &r->timer);
     r->timer.data = r;
     r->timer_open = true;
-    lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
+    task_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
     uv_timer_start(&r->timer, on_timeout, (uint64_t)(cl->timeout * 1000), 0);
-    int n = lb_wait_yield(L, &r->w);
+    int n = task_wait_yield(L, &r->w);
     return n;
 }
 

@@ -20,7 +20,13 @@ typedef struct credentials {
     char *salt;              /* CRAM-MD5 challenge / APOP timestamp */
     char *digest;            /* CRAM-MD5 / APOP response, 32 hex digits */
     const char *mechanism;   /* "plain", "login", "cram-md5", "apop", ... */
+    bool envelope;           /* no authentication: an envelope routes (SMTP, mechanism "none") */
 } credentials_t;
+
+/* Attempts refused by the policy before the client is dropped, when they
+ * are envelopes (a refused recipient is not a failed login: an MX must
+ * not drop a transaction for a few unknown addresses). */
+#define CRED_MAX_ENVELOPES 100
 
 void credentials_clear(credentials_t *c);
 

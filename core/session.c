@@ -1,16 +1,22 @@
 /* session.c: the life of one client connection. Phases follow each other
- * (connect hook, pre-auth, auth hook, upstream login, relay); every
- * callback first checks that the session is not closing. All memory of a
- * session is freed in session_free(), once its last uv handle is closed. */
+ * (PROXY header, TLS handshake, connect hook, pre-auth, auth hook,
+ * upstream login, relay); every callback first checks that the session is
+ * not closing. All memory of a session is freed in session_free(), once
+ * its last uv handle (the client connection, the timer) is closed.
+ *
+ * What is said to the client before login is the pre-auth engine's
+ * (preauth.c) and the protocol's; the upstream's connection is
+ * upstream.c's, its login login.c's, the relay relay.c's: this file only
+ * sequences them and owns what they share. */
 #include "session.h"
-#include "mem.h"
 
 #include "log.h"
+#include "login.h"
+#include "lua_policy.h"
+#include "mem.h"
 #include "proxy_proto.h"
-#include "lua_bridge.h"
-#include "tls.h"
 #include "relay.h"
-#include "upstream.h"
+#include "status.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,30 +25,21 @@
 
 #define OUT_HIGH (64 * 1024)   /* stop parsing client input above this much queued output */
 #define OUT_LOW (16 * 1024)
+#define CLIENT_READ (16 * 1024)
 
 static session_t *sessions;
 static int nsessions;
 static uint64_t next_id;
 
-typedef struct write_req {
-    uv_write_t req;
-    session_t *s;
-    size_t len;
-    char *data;
-} write_req_t;
-
-#define SESSION_RAW_SIZE 16384 /* one read of ciphertext */
-
+static const conn_handler_t client_handler;
 static void session_free(session_t *s);
 static void session_ready(session_t *s);
 static void session_begin(session_t *s);
-static void proxy_header_input(session_t *s);
-static void client_tls_input(session_t *s, const char *data, size_t len);
 static void process_input(session_t *s);
 static void back_to_preauth(session_t *s);
-static void tls_handshake_finished(session_t *s);
-static void client_read_start(session_t *s);
 static void on_timeout(uv_timer_t *t);
+static void connect_next(session_t *s);
+static void upstream_failed(session_t *s, const char *why);
 
 int session_count(void)
 {
@@ -73,37 +70,28 @@ void session_log(const session_t *s, int level, const char *fmt, ...)
             s->client_ip, s->client_port, s->listener->address, login, up);
 }
 
-void session_handle_closed(session_t *s)
+static void handle_closed(session_t *s)
 {
     if (--s->handles == 0)
         session_free(s);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+static void client_closed(conn_t *c)
 {
-    session_handle_closed(h->data);
+    /* not c->data: the relay had the connection last */
+    handle_closed((session_t *)((char *)c - offsetof(session_t, client)));
 }
 
-static void addr_to_string(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port)
+static void timer_closed(uv_handle_t *h)
 {
-    ip[0] = '\0';
-    *port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *a = (const struct sockaddr_in *)ss;
-        uv_ip4_name(a, ip, iplen);
-        *port = ntohs(a->sin_port);
-    } else if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ss;
-        uv_ip6_name(a, ip, iplen);
-        *port = ntohs(a->sin6_port);
-    }
+    handle_closed(h->data);
 }
 
 static void start_protocol(session_t *s)
 {
     s->phase = PHASE_PREAUTH;
     session_set_timeout(s, s->cfg->timeout);
-    s->proto->start(s);
+    s->proto->greet(s);
 }
 
 void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
@@ -114,33 +102,26 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     s->listener = l;
     s->proto = l->proto;
     s->vars_ref = -2; /* LUA_NOREF */
-    s->id = ++next_id;
     s->start_ms = uv_now(s->loop);
     buf_init(&s->cin, cfg->client_buffer);
-    buf_init(&s->uin, 64 * 1024);
-    uv_tcp_init(s->loop, &s->client);
-    s->client.data = s;
+    conn_init(&s->client, s->loop);
+    s->client.closed = client_closed;
     s->handles = 1;
-    if (uv_accept(server, (uv_stream_t *)&s->client) != 0) {
+    if (conn_accept(&s->client, server) < 0) {
         s->phase = PHASE_CLOSING;
-        uv_close((uv_handle_t *)&s->client, on_handle_closed);
+        conn_close(&s->client);
         return;
     }
+    s->id = ++next_id;
     uv_timer_init(s->loop, &s->timer);
     s->timer.data = s;
     s->handles++;
-    uv_tcp_nodelay(&s->client, 1);
-
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
-    if (uv_tcp_getpeername(&s->client, (struct sockaddr *)&ss, &len) == 0)
-        addr_to_string(&ss, s->client_ip, sizeof s->client_ip, &s->client_port);
-    len = sizeof ss;
-    if (uv_tcp_getsockname(&s->client, (struct sockaddr *)&ss, &len) == 0)
-        addr_to_string(&ss, s->local_ip, sizeof s->local_ip, &s->local_port);
+    conn_peer(&s->client, s->client_ip, sizeof s->client_ip, &s->client_port);
+    conn_local(&s->client, s->local_ip, sizeof s->local_ip, &s->local_port);
+    conn_set_handler(&s->client, &client_handler, s);
 
     s->pstate = xcalloc(1, s->proto->state_size);
-    s->policy = lb_policy_acquire();
+    s->policy = policy_acquire();
     s->next = sessions;
     if (sessions)
         sessions->prev = s;
@@ -151,7 +132,7 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     if (l->proxy_protocol) { /* the balancer's header comes before anything else, TLS included */
         s->phase = PHASE_PROXY_HEADER;
         session_set_timeout(s, s->cfg->timeout);
-        client_read_start(s);
+        conn_read_start(&s->client);
         return;
     }
     session_begin(s);
@@ -161,17 +142,17 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
 static void session_begin(session_t *s)
 {
     if (s->listener->tls) { /* implicit TLS: the handshake comes before anything else */
-        s->ctls = tls_conn_server(s->listener->tls_server);
-        if (!s->ctls) {
+        char err[100];
+        if (conn_tls_server(&s->client, s->listener->tls_server, err, sizeof err) < 0) {
             session_close(s, "cannot set up TLS");
             return;
         }
         s->phase = PHASE_TLS_HANDSHAKE;
         session_set_timeout(s, s->cfg->timeout);
-        client_read_start(s);
+        conn_read_start(&s->client);
         return;
     }
-    client_read_start(s);
+    conn_read_start(&s->client);
     session_ready(s);
 }
 
@@ -211,7 +192,7 @@ static void proxy_header_input(session_t *s)
         s->cin.len = 0;
         session_begin(s);
         if (early && s->phase == PHASE_TLS_HANDSHAKE)
-            client_tls_input(s, early, len);
+            conn_tls_input(&s->client, early, len);
         free(early);
         return;
     }
@@ -224,23 +205,161 @@ static void proxy_header_input(session_t *s)
  * greeting. */
 static void session_ready(session_t *s)
 {
-    if (lb_has_hook(s->policy, "on_connect")) {
+    if (policy_has_hook(s->policy, "on_connect")) {
         s->phase = PHASE_CONNECT_HOOK;
         session_set_timeout(s, s->cfg->auth_timeout);
-        lb_run_connect(s);
+        policy_run_connect(s);
     } else {
         start_protocol(s);
     }
 }
 
-static void tls_handshake_finished(session_t *s)
+void session_starttls(session_t *s)
 {
-    if (s->listener->verify_client && tls_peer_cert_failed(s->ctls)) {
+    if (s->phase != PHASE_PREAUTH || conn_tls(&s->client) || !s->listener->tls_server)
+        return;
+    /* Whatever the client pipelined behind STARTTLS is plaintext an
+     * attacker could have injected: it is dropped, never executed. */
+    if (s->cin.len)
+        session_log(s, LL_INFO, "dropped %zu bytes sent after STARTTLS", s->cin.len);
+    s->cin.len = 0;
+    char err[100];
+    if (conn_tls_server(&s->client, s->listener->tls_server, err, sizeof err) < 0) {
+        session_close(s, "cannot set up TLS");
+        return;
+    }
+    s->starttls = true;
+    s->phase = PHASE_TLS_HANDSHAKE;
+    session_set_timeout(s, s->cfg->timeout);
+    conn_read_start(&s->client);
+}
+
+bool session_tls_active(const session_t *s)
+{
+    return conn_tls_active(&s->client);
+}
+
+const char *session_capabilities(const session_t *s)
+{
+    const listen_conf_t *l = s->listener;
+    return l->starttls && !session_tls_active(s) && l->capabilities_starttls ? l->capabilities_starttls
+                                                                              : l->capabilities;
+}
+
+/* ---- the client connection ---- */
+
+static void process_input(session_t *s)
+{
+    if (s->phase != PHASE_PREAUTH || s->quit)
+        return;
+    preauth_input(s);
+    if (s->phase != PHASE_PREAUTH || s->quit || session_output_blocked(s))
+        return;
+    if (s->client_eof) /* every command the client sent before its EOF is answered */
+        session_quit(s);
+    else if (buf_room(&s->cin) > 0)
+        conn_read_start(&s->client); /* may deliver what TLS held back */
+}
+
+static char *client_buffer(conn_t *c, size_t *room)
+{
+    session_t *s = c->data;
+    size_t want = buf_room(&s->cin);
+    if (want > CLIENT_READ)
+        want = CLIENT_READ;
+    if (want == 0 || buf_reserve(&s->cin, want) < 0) {
+        *room = 0;
+        return NULL;
+    }
+    *room = want;
+    return s->cin.data + s->cin.len;
+}
+
+static void client_data(conn_t *c, size_t n)
+{
+    session_t *s = c->data;
+    s->cin.len += n;
+    switch (s->phase) {
+    case PHASE_PROXY_HEADER:
+        proxy_header_input(s);
+        return;
+    case PHASE_PREAUTH:
+        /* The idle timer restarts only once everything received so far
+         * made whole commands: a client that drips a line a byte at a time
+         * cannot keep its connection past `timeout`. */
+        process_input(s);
+        if (s->phase == PHASE_PREAUTH && !s->quit && !s->proto_timer && s->cin.len == 0)
+            session_set_timeout(s, s->cfg->timeout);
+        return;
+    default:
+        /* Busy elsewhere (a hook, the upstream login): keep what came,
+         * read no more until we get back to it. */
+        if (buf_room(&s->cin) == 0)
+            conn_read_stop(c);
+    }
+}
+
+static void client_eof(conn_t *c)
+{
+    session_t *s = c->data;
+    if (s->phase == PHASE_PROXY_HEADER) {
+        session_close(s, "client closed connection before its PROXY header");
+        return;
+    }
+    if (s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
+        /* A half-close after pipelined commands (printf ... | nc -N):
+         * answer them all, then close (see process_input and the relay).
+         * With nothing left to answer, an EOF ends the session at once,
+         * even in the middle of a login: the client is gone. */
+        s->client_eof = true;
+        s->close_reason = "client closed connection";
+        conn_read_stop(c);
+        process_input(s);
+        return;
+    }
+    s->client_eof = true;
+    session_close(s, "client closed connection");
+}
+
+static void client_error(conn_t *c, const char *why)
+{
+    session_t *s = c->data;
+    const char *detail = conn_error_detail(c);
+    if (strcmp(detail, why) != 0)
+        session_log(s, LL_INFO, "%s", detail);
+    session_close(s, why);
+}
+
+bool session_output_blocked(const session_t *s)
+{
+    return conn_queued(&s->client) > OUT_HIGH;
+}
+
+static void client_written(conn_t *c)
+{
+    session_t *s = c->data;
+    if (s->quit && conn_queued(c) == 0) {
+        session_close(s, s->close_reason ? s->close_reason : "closed by server");
+        return;
+    }
+    if (s->phase == PHASE_PREAUTH && conn_queued(c) < OUT_LOW && !c->reading)
+        process_input(s);
+}
+
+static void client_tls_ready(conn_t *c)
+{
+    session_t *s = c->data;
+    tls_conn_t *t = conn_tls(c);
+    session_log(s, LL_DEBUG, "TLS handshake done: %s, %s%s%s", tls_protocol(t), tls_cipher(t),
+                tls_sni(t) ? ", SNI " : "", tls_sni(t) ? tls_sni(t) : "");
+    if (s->phase != PHASE_TLS_HANDSHAKE)
+        return;
+    if (s->listener->verify_client && tls_peer_cert_failed(t)) {
         /* "optional" lets a client without a certificate in; one whose
          * certificate does not verify is refused, as nginx does */
-        session_log(s, LL_INFO, "client certificate refused: %s", tls_peer_verify_error(s->ctls));
+        session_log(s, LL_INFO, "client certificate refused: %s", tls_peer_verify_error(t));
         s->close_reason = "client certificate error";
-        s->proto->bye(s, "SSL certificate error");
+        preauth_reply(s, REPLY_BYE, "SSL certificate error");
         session_quit(s);
         return;
     }
@@ -251,310 +370,31 @@ static void tls_handshake_finished(session_t *s)
     /* after STARTTLS: a fresh start, as the RFCs want (no greeting) */
     s->phase = PHASE_PREAUTH;
     session_set_timeout(s, s->cfg->timeout);
-    if (s->proto->tls_started)
-        s->proto->tls_started(s);
+    preauth_reset(s);
 }
 
-void session_starttls(session_t *s)
-{
-    if (s->phase != PHASE_PREAUTH || s->ctls || !s->listener->tls_server)
-        return;
-    /* Whatever the client pipelined behind STARTTLS is plaintext an
-     * attacker could have injected: it is dropped, never executed. */
-    if (s->cin.len)
-        session_log(s, LL_INFO, "dropped %zu bytes sent after STARTTLS", s->cin.len);
-    s->cin.len = 0;
-    s->ctls = tls_conn_server(s->listener->tls_server);
-    if (!s->ctls) {
-        session_close(s, "cannot set up TLS");
-        return;
-    }
-    s->starttls = true;
-    s->phase = PHASE_TLS_HANDSHAKE;
-    session_set_timeout(s, s->cfg->timeout);
-    client_read_start(s);
-}
-
-const char *session_capabilities(const session_t *s)
-{
-    const listen_conf_t *l = s->listener;
-    return l->starttls && !s->tls_active && l->capabilities_starttls ? l->capabilities_starttls : l->capabilities;
-}
-
-bool session_tls_required(const session_t *s)
-{
-    return s->listener->starttls == 2 && !s->tls_active;
-}
-
-/* ---- client input before the relay ---- */
-
-static void client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    session_t *s = h->data;
-    (void)suggested;
-    if (s->ctls) { /* ciphertext goes to a scratch buffer, plaintext to cin */
-        if (!s->raw)
-            s->raw = xmalloc(SESSION_RAW_SIZE);
-        *b = uv_buf_init(s->raw, s->raw ? SESSION_RAW_SIZE : 0);
-        return;
-    }
-    size_t want = buf_room(&s->cin);
-    if (want > 16384)
-        want = 16384;
-    if (want == 0 || buf_reserve(&s->cin, want) < 0) {
-        *b = uv_buf_init(NULL, 0);
-        return;
-    }
-    *b = uv_buf_init(s->cin.data + s->cin.len, (unsigned)want);
-}
-
-static int client_decrypt(session_t *s);
-
-static void process_input(session_t *s)
-{
-    if (s->phase != PHASE_PREAUTH || s->quit)
-        return;
-    do
-        s->proto->client_input(s);
-    while (s->phase == PHASE_PREAUTH && !s->quit && !session_output_blocked(s) && s->ctls &&
-           tls_pending(s->ctls) && client_decrypt(s) > 0);
-    if (s->phase != PHASE_PREAUTH || s->quit || session_output_blocked(s))
-        return;
-    if (s->client_eof) /* every command the client sent before its EOF is answered */
-        session_quit(s);
-    else if (buf_room(&s->cin) > 0)
-        client_read_start(s);
-}
-
-/* New bytes in pre-auth. The idle timer restarts only once everything
- * received so far made whole commands: a client that drips a line a
- * byte at a time cannot keep its connection past `timeout`. */
-static void preauth_input(session_t *s)
-{
-    process_input(s);
-    if (s->phase == PHASE_PREAUTH && !s->quit && !s->proto_timer && s->cin.len == 0)
-        session_set_timeout(s, s->cfg->timeout);
-}
-
-/* ---- TLS towards the client ---- */
-
-static void write_raw(session_t *s, char *data, size_t len); /* takes data */
-
-static void flush_tls(session_t *s)
-{
-    size_t n;
-    char *out = tls_out_take(s->ctls, &n);
-    if (out)
-        write_raw(s, out, n);
-}
-
-/* Plaintext from the TLS context into cin: > 0 bytes added, 0 none now,
- * -1 the session was closed. */
-static int client_decrypt(session_t *s)
-{
-    int added = 0;
-    while (buf_room(&s->cin) > 0) {
-        size_t want = buf_room(&s->cin) < 16384 ? buf_room(&s->cin) : 16384;
-        if (buf_reserve(&s->cin, want) < 0)
-            break;
-        int n = tls_read(s->ctls, s->cin.data + s->cin.len, want);
-        if (n > 0) {
-            s->cin.len += (size_t)n;
-            added += n;
-            continue;
-        }
-        if (n == PT_AGAIN)
-            break;
-        flush_tls(s);
-        if (n == PT_EOF) {
-            if (s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
-                s->client_eof = true;
-                s->close_reason = "client closed connection";
-                return added;
-            }
-            session_close(s, "client closed connection");
-        } else {
-            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
-            session_close(s, "TLS error");
-        }
-        return -1;
-    }
-    flush_tls(s); /* mbedTLS may have answered something (alerts) */
-    return added;
-}
-
-static void client_tls_input(session_t *s, const char *data, size_t len)
-{
-    if (tls_feed(s->ctls, data, len) < 0) {
-        session_close(s, "TLS input too large");
-        return;
-    }
-    if (!tls_handshake_done(s->ctls)) {
-        int rc = tls_handshake(s->ctls);
-        flush_tls(s);
-        if (rc == PT_AGAIN)
-            return;
-        if (rc == PT_ERROR) {
-            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
-            session_close(s, "TLS handshake failed");
-            return;
-        }
-        s->tls_active = true;
-        session_log(s, LL_DEBUG, "TLS handshake done: %s, %s%s%s", tls_protocol(s->ctls), tls_cipher(s->ctls),
-                    tls_sni(s->ctls) ? ", SNI " : "", tls_sni(s->ctls) ? tls_sni(s->ctls) : "");
-        if (s->phase == PHASE_TLS_HANDSHAKE) {
-            tls_handshake_finished(s);
-            if (s->phase == PHASE_CLOSING)
-                return;
-        }
-    }
-    int added = client_decrypt(s);
-    if (added < 0)
-        return;
-    if (s->phase == PHASE_PREAUTH) {
-        if (added > 0 || s->client_eof) /* a partial TLS record is no command: the timer goes on */
-            preauth_input(s);
-    } else if (buf_room(&s->cin) == 0 && s->client_reading) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_reading = false;
-    }
-}
-
-static void client_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
-{
-    session_t *s = st->data;
-    (void)b;
-    if (s->phase == PHASE_CLOSING)
-        return;
-    if (nread == UV_ENOBUFS) {
-        uv_read_stop(st);
-        s->client_reading = false;
-        return;
-    }
-    if (nread < 0 && s->phase == PHASE_PROXY_HEADER) {
-        session_close(s, "client closed connection before its PROXY header");
-        return;
-    }
-    if (nread == UV_EOF && s->ctls && s->tls_active && client_decrypt(s) < 0)
-        return; /* the last records before the EOF are plaintext too */
-    if (nread == UV_EOF && s->cin.len > 0 && s->phase != PHASE_CONNECT_HOOK) {
-        /* A half-close after pipelined commands (printf ... | nc -N):
-         * answer them all, then close (see process_input and the relay).
-         * With nothing left to answer, an EOF ends the session at once,
-         * even in the middle of a login: the client is gone. */
-        s->client_eof = true;
-        s->close_reason = "client closed connection";
-        uv_read_stop(st);
-        s->client_reading = false;
-        if (s->phase == PHASE_PREAUTH)
-            process_input(s);
-        return;
-    }
-    if (nread < 0) {
-        s->client_eof = true;
-        session_close(s, nread == UV_EOF ? "client closed connection" : uv_err_name((int)nread));
-        return;
-    }
-    if (nread == 0)
-        return;
-    if (s->ctls) {
-        client_tls_input(s, b->base, (size_t)nread);
-        return;
-    }
-    s->cin.len += (size_t)nread;
-    if (s->phase == PHASE_PROXY_HEADER) {
-        proxy_header_input(s);
-        return;
-    }
-    if (s->phase == PHASE_PREAUTH) {
-        preauth_input(s);
-    } else if (buf_room(&s->cin) == 0) {
-        /* Busy elsewhere (a hook, the upstream login): keep what came,
-         * read no more until we get back to it. */
-        uv_read_stop(st);
-        s->client_reading = false;
-    }
-}
-
-static void client_read_start(session_t *s)
-{
-    if (s->client_reading || s->phase == PHASE_CLOSING || s->quit || s->client_eof)
-        return;
-    if (uv_read_start((uv_stream_t *)&s->client, client_alloc, client_read) == 0)
-        s->client_reading = true;
-}
-
-/* ---- client output ---- */
-
-bool session_output_blocked(const session_t *s)
-{
-    return s->client_queued > OUT_HIGH;
-}
-
-static void client_written(uv_write_t *req, int status)
-{
-    write_req_t *w = (write_req_t *)req;
-    session_t *s = w->s;
-    s->client_queued -= w->len;
-    free(w->data);
-    free(w);
-    if (s->phase == PHASE_CLOSING)
-        return;
-    if (status < 0) {
-        session_close(s, uv_err_name(status));
-        return;
-    }
-    if (s->quit && s->client_queued == 0) {
-        session_close(s, s->close_reason ? s->close_reason : "closed by server");
-        return;
-    }
-    if (s->phase == PHASE_PREAUTH && s->client_queued < OUT_LOW && !s->client_reading)
-        process_input(s);
-}
-
-/* Queues bytes as they are on the wire; takes ownership of data. */
-static void write_raw(session_t *s, char *data, size_t len)
-{
-    if (s->phase == PHASE_CLOSING || len == 0) {
-        free(data);
-        return;
-    }
-    write_req_t *w = xmalloc(sizeof *w);
-    w->s = s;
-    w->len = len;
-    w->data = data;
-    uv_buf_t b = uv_buf_init(w->data, (unsigned)len);
-    s->client_queued += len;
-    int rc = uv_write(&w->req, (uv_stream_t *)&s->client, &b, 1, client_written);
-    if (rc < 0) {
-        s->client_queued -= len;
-        free(w->data);
-        free(w);
-        session_close(s, uv_err_name(rc));
-        return;
-    }
-    if (session_output_blocked(s) && s->client_reading && s->phase == PHASE_PREAUTH) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_reading = false;
-    }
-}
+static const conn_handler_t client_handler = {
+    .buffer = client_buffer,
+    .data = client_data,
+    .eof = client_eof,
+    .error = client_error,
+    .written = client_written,
+    .tls_ready = client_tls_ready,
+};
 
 void session_write(session_t *s, const void *data, size_t len)
 {
     if (s->phase == PHASE_CLOSING || len == 0)
         return;
-    if (s->ctls && s->tls_active) {
-        if (tls_write(s->ctls, data, len) < 0) {
-            session_log(s, LL_INFO, "%s", tls_error(s->ctls));
-            session_close(s, "TLS error");
-            return;
-        }
-        flush_tls(s);
+    if (conn_write(&s->client, data, len) < 0) {
+        bool tls = conn_tls_active(&s->client);
+        if (tls)
+            session_log(s, LL_INFO, "%s", conn_error_detail(&s->client));
+        session_close(s, tls ? "TLS error" : conn_error_detail(&s->client));
         return;
     }
-    char *copy = xmalloc(len);
-    memcpy(copy, data, len);
-    write_raw(s, copy, len);
+    if (session_output_blocked(s) && s->phase == PHASE_PREAUTH)
+        conn_read_stop(&s->client);
 }
 
 void session_printf(session_t *s, const char *fmt, ...)
@@ -579,30 +419,21 @@ void session_quit(session_t *s)
     if (s->phase == PHASE_CLOSING || s->quit)
         return;
     s->quit = true;
-    if (s->client_reading) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_reading = false;
-    }
-    if (s->ctls && s->tls_active) { /* a clean TLS end (close_notify) after the last words */
-        tls_close_notify(s->ctls);
-        flush_tls(s);
-    }
-    if (s->client_queued == 0)
+    conn_read_stop(&s->client);
+    conn_close_notify(&s->client); /* a clean TLS end after the last words */
+    if (conn_queued(&s->client) == 0)
         session_close(s, s->close_reason ? s->close_reason : "closed by server");
 }
 
-void session_error(session_t *s)
-{
-    if (++s->errors >= s->cfg->max_errors) {
-        session_log(s, LL_INFO, "client sent too many invalid commands");
-        s->close_reason = "too many invalid commands";
-        if (!s->proto->no_last_words)
-            s->proto->bye(s, "Too many invalid commands");
-        session_quit(s);
-    }
-}
-
 /* ---- closing ---- */
+
+static void close_upstream(session_t *s)
+{
+    login_free(s->login); /* before the connection it reads goes away */
+    s->login = NULL;
+    upstream_close(s->up);
+    s->up = NULL;
+}
 
 void session_close(session_t *s, const char *why)
 {
@@ -610,41 +441,24 @@ void session_close(session_t *s, const char *why)
         return;
     s->phase = PHASE_CLOSING;
     s->close_reason = why;
-    if (s->task) {
-        lb_task_cancel(s->task);
-        s->task = NULL;
+    if (s->hook) {
+        policy_cancel(s->hook);
+        s->hook = NULL;
     }
-    upstream_close(s);
+    close_upstream(s);
     uv_timer_stop(&s->timer);
     session_log(s, LL_INFO, "session closed (%s), %llu bytes from client, %llu bytes to client", why,
                 (unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out);
-    if (lb_has_hook(s->policy, "on_close"))
-        lb_run_close(s);
-    s->client.data = s; /* the relay may have pointed it elsewhere */
-    uv_close((uv_handle_t *)&s->client, on_handle_closed);
-    uv_close((uv_handle_t *)&s->timer, on_handle_closed);
+    if (policy_has_hook(s->policy, "on_close"))
+        policy_run_close(s);
+    conn_close(&s->client);
+    uv_close((uv_handle_t *)&s->timer, timer_closed);
 }
 
 void session_close_all(void)
 {
     for (session_t *s = sessions; s; s = s->next)
         session_close(s, "shutting down");
-}
-
-void session_reset_credentials(session_t *s)
-{
-    credentials_clear(&s->cred);
-}
-
-void envelope_clear(envelope_t *e)
-{
-    free(e->helo);
-    free(e->mail_from);
-    free(e->mail_line);
-    free(e->rcpt_line);
-    for (int i = 0; i < e->nrcpt; i++)
-        free(e->rcpt_to[i]);
-    memset(e, 0, sizeof *e);
 }
 
 void refusal_free(refusal_t *r)
@@ -656,48 +470,30 @@ void refusal_free(refusal_t *r)
     free(r);
 }
 
-void upstreams_free(upstream_t *u, int n)
-{
-    for (int i = 0; i < n; i++) {
-        free(u[i].host);
-        free(u[i].user);
-        free(u[i].auth);
-        free(u[i].sni);
-        free(u[i].certificate);
-        free(u[i].key);
-        if (u[i].password) {
-            explicit_bzero(u[i].password, strlen(u[i].password));
-            free(u[i].password);
-        }
-    }
-    free(u);
-}
-
 static void session_free(session_t *s)
 {
-    if (s->prev)
-        s->prev->next = s->next;
-    else if (sessions == s)
-        sessions = s->next;
-    if (s->next)
-        s->next->prev = s->prev;
-    nsessions--;
+    if (s->id) { /* accepted: counted and linked */
+        if (s->prev)
+            s->prev->next = s->next;
+        else if (sessions == s)
+            sessions = s->next;
+        if (s->next)
+            s->next->prev = s->prev;
+        nsessions--;
+    }
     relay_free(s->relay);
     refusal_free(s->pending_refusal);
-    tls_conn_free(s->ctls);
-    free(s->raw);
     upstreams_free(s->upstreams, s->nupstreams);
-    session_reset_credentials(s);
-    envelope_clear(&s->env);
+    credentials_clear(&s->cred);
     buf_free(&s->cin);
-    buf_free(&s->uin);
     if (s->pstate) {
+        preauth_free(s);
         s->proto->cleanup(s);
         explicit_bzero(s->pstate, s->proto->state_size);
         free(s->pstate);
     }
-    lb_session_release(s);
-    lb_policy_release(s->policy);
+    policy_session_release(s);
+    policy_release(s->policy);
     config_release((config_t *)s->cfg);
     free(s);
 }
@@ -721,29 +517,41 @@ static void on_timeout(uv_timer_t *t)
     case PHASE_PREAUTH:
         if (s->proto_timer) {
             s->proto_timer = false;
-            s->proto->on_timer(s);
+            s->proto->timer(s);
             return;
         }
         session_log(s, LL_INFO, "client timed out");
         s->close_reason = "client timed out";
         if (!s->proto->no_last_words)
-            s->proto->bye(s, "Autologout; idle for too long");
+            preauth_reply(s, REPLY_BYE, "Autologout; idle for too long");
         session_quit(s);
         return;
     case PHASE_CONNECT_HOOK:
     case PHASE_AUTH_HOOK: {
         session_log(s, LL_ERROR, "policy hook timed out after %gs", s->cfg->auth_timeout);
-        lb_task_cancel(s->task);
-        s->task = NULL;
-        session_hook_done(s, HOOK_ERROR, NULL, 0, NULL);
+        policy_cancel(s->hook);
+        s->hook = NULL;
+        session_hook_done(s, POLICY_ERROR, NULL, 0, NULL);
         return;
     }
     case PHASE_UPSTREAM:
-        session_upstream_failed(s, "upstream timed out");
+        upstream_failed(s, "upstream timed out");
         return;
+    case PHASE_RELAY: {
+        uint64_t limit = (uint64_t)(s->cfg->proxy_timeout * 1000);
+        uint64_t idle = uv_now(s->loop) - relay_last_active(s->relay);
+        if (idle >= limit) {
+            session_log(s, LL_INFO, "proxy timed out");
+            session_close(s, "proxy timeout");
+            return;
+        }
+        /* activity only stamps a time; the timer re-arms itself here, so
+         * the relay's hot path never touches the timer heap */
+        uv_timer_start(&s->timer, on_timeout, limit - idle, 0);
+        return;
+    }
     case PHASE_REFUSE_WAIT:
-    case PHASE_RELAY:
-        /* their own callbacks are installed on the timer */
+        /* its own callback is installed on the timer */
         return;
     }
 }
@@ -764,28 +572,10 @@ void session_protocol_timer(session_t *s, double seconds)
 
 void session_authenticate(session_t *s)
 {
-    if (s->cred.mechanism && strcmp(s->cred.mechanism, "external") == 0) {
-        /* EXTERNAL: the verified client certificate is the credential */
-        char subject[512], issuer[512], serial[128], fp[128];
-        if (!s->ctls || !s->tls_active ||
-            !tls_peer_cert(s->ctls, subject, sizeof subject, issuer, sizeof issuer, serial, sizeof serial, fp,
-                           sizeof fp)) {
-            s->login_attempt++;
-            refusal_t r = { .message = "No verified client certificate" };
-            s->proto->auth_refused(s, &r);
-            back_to_preauth(s);
-            return;
-        }
-        if (!s->cred.user) { /* the user: the authzid, else the certificate's CN */
-            const char *cn = strstr(subject, "CN=");
-            const char *id = s->cred.authzid ? s->cred.authzid : cn ? cn + 3 : subject;
-            s->cred.user = xstrndup(id, strcspn(id, ","));
-        }
-    }
     s->login_attempt++;
     s->phase = PHASE_AUTH_HOOK;
     session_set_timeout(s, s->cfg->auth_timeout);
-    lb_run_authenticate(s);
+    policy_run_authenticate(s);
 }
 
 /* After a refusal the client may try again, up to max_login_attempts. */
@@ -795,9 +585,9 @@ static void back_to_preauth(session_t *s)
      * recipient is not a failed login, and an MX must not drop a
      * transaction for a few unknown addresses (its valid recipients would
      * be deferred). Those get the envelope's own, larger limit. */
-    bool envelope = s->cred.mechanism && strcmp(s->cred.mechanism, "none") == 0;
-    int limit = envelope ? ENVELOPE_MAX_RCPT : s->cfg->max_login_attempts;
-    session_reset_credentials(s);
+    bool envelope = s->cred.envelope;
+    int limit = envelope ? CRED_MAX_ENVELOPES : s->cfg->max_login_attempts;
+    credentials_clear(&s->cred);
     upstreams_free(s->upstreams, s->nupstreams);
     s->upstreams = NULL;
     s->nupstreams = s->upstream_idx = 0;
@@ -807,16 +597,28 @@ static void back_to_preauth(session_t *s)
                     limit);
         s->close_reason = envelope ? "too many refused recipients" : "too many failed logins";
         if (!s->proto->no_last_words)
-            s->proto->bye(s, envelope ? "Too many refused recipients" : "Too many failed login attempts");
+            preauth_reply(s, REPLY_BYE, envelope ? "Too many refused recipients" : "Too many failed login attempts");
         session_quit(s);
         return;
     }
     s->phase = PHASE_PREAUTH;
     session_set_timeout(s, s->cfg->timeout);
     process_input(s);
-    client_read_start(s);
+    conn_read_start(&s->client);
 }
 
+void session_refuse(session_t *s, const refusal_t *r)
+{
+    preauth_refuse(s, r);
+    if (r->close) {
+        s->close_reason = "refused by the policy";
+        session_quit(s);
+        return;
+    }
+    back_to_preauth(s);
+}
+
+/* A refusal from the policy, as the client may see it. */
 static void send_refusal(session_t *s, refusal_t *r)
 {
     refusal_t shown = *r;
@@ -826,15 +628,8 @@ static void send_refusal(session_t *s, refusal_t *r)
         for (char *p = shown.message; *p; p++)
             if ((unsigned char)*p < 0x20 || *p == 0x7f)
                 *p = ' ';
-    s->proto->auth_refused(s, &shown);
-    bool close = r->close;
+    session_refuse(s, &shown);
     refusal_free(r);
-    if (close) {
-        s->close_reason = "refused by the policy";
-        session_quit(s);
-        return;
-    }
-    back_to_preauth(s);
 }
 
 static void on_refusal_wait(uv_timer_t *t)
@@ -847,9 +642,9 @@ static void on_refusal_wait(uv_timer_t *t)
     send_refusal(s, r);
 }
 
-void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, int nups, refusal_t *r)
+void session_hook_done(session_t *s, policy_outcome_t outcome, upstream_t *ups, int nups, refusal_t *r)
 {
-    s->task = NULL;
+    s->hook = NULL;
     if (s->phase == PHASE_CLOSING) {
         upstreams_free(ups, nups);
         refusal_free(r);
@@ -857,21 +652,21 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
     }
     if (s->phase == PHASE_CONNECT_HOOK) {
         uv_timer_stop(&s->timer);
-        if (outcome == HOOK_CONTINUE) {
+        if (outcome == POLICY_CONTINUE) {
             start_protocol(s);
             if (s->phase == PHASE_PREAUTH && s->cin.len > 0) /* sent while the hook ran */
                 process_input(s);
-        } else if (outcome == HOOK_UPSTREAMS) {
+        } else if (outcome == POLICY_UPSTREAMS) {
             s->upstreams = ups;
             s->nupstreams = nups;
             s->upstream_idx = 0;
             s->splice = true;
-            upstream_connect_next(s);
+            connect_next(s);
             ups = NULL;
         } else {
-            s->close_reason = outcome == HOOK_REFUSE ? "refused by on_connect" : "on_connect failed";
-            s->proto->bye(s, outcome == HOOK_REFUSE && r && r->message ? r->message
-                                                                       : "Service temporarily unavailable");
+            s->close_reason = outcome == POLICY_REFUSE ? "refused by on_connect" : "on_connect failed";
+            preauth_reply(s, REPLY_BYE, outcome == POLICY_REFUSE && r && r->message ? r->message
+                                                                                : "Service temporarily unavailable");
             session_quit(s);
         }
         refusal_free(r);
@@ -884,20 +679,20 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
         refusal_free(r);
         return;
     }
-    if (outcome == HOOK_UPSTREAMS && nups > 0) {
+    if (outcome == POLICY_UPSTREAMS && nups > 0) {
         refusal_free(r);
         s->upstreams = ups;
         s->nupstreams = nups;
         s->upstream_idx = 0;
-        upstream_connect_next(s);
+        connect_next(s);
         return;
     }
     upstreams_free(ups, nups);
     if (!r) {
         r = xcalloc(1, sizeof *r);
-        r->temporary = outcome != HOOK_REFUSE;
+        r->temporary = outcome != POLICY_REFUSE;
     }
-    if (outcome == HOOK_ERROR) {
+    if (outcome == POLICY_ERROR) {
         free(r->message);
         r->message = NULL;
         r->temporary = true;
@@ -914,87 +709,164 @@ void session_hook_done(session_t *s, hook_outcome_t outcome, upstream_t *ups, in
     send_refusal(s, r);
 }
 
-/* ---- upstream login ---- */
+/* ---- upstream: connect, log in, relay ---- */
 
-const upstream_t *session_upstream(const session_t *s)
+static void relay_done(void *arg, const char *why, const char *detail)
 {
-    return s->upstream_idx > 0 ? &s->upstreams[s->upstream_idx - 1] : NULL;
+    session_t *s = arg;
+    if (detail && detail[0])
+        session_log(s, LL_INFO, "%s", detail);
+    session_close(s, why);
 }
 
-const char *session_upstream_user(const session_t *s)
-{
-    const upstream_t *u = session_upstream(s);
-    return u && u->user ? u->user : s->cred.user;
-}
-
-const char *session_upstream_password(const session_t *s)
-{
-    const upstream_t *u = session_upstream(s);
-    return u && u->password ? u->password : s->cred.password;
-}
-
-void session_upstream_write(session_t *s, const void *data, size_t len)
-{
-    upstream_write(s, data, len);
-}
-
-void session_upstream_ready(session_t *s, const char *reply, size_t len)
+/* Logged in (or, for on_connect's splice, connected): relay. */
+static void upstream_ready(session_t *s, const char *reply, size_t len, const char *rest, size_t restlen)
 {
     if (s->phase != PHASE_UPSTREAM)
         return;
     session_log(s, LL_INFO, "client logged in");
-    session_write(s, reply, len);
+    conn_t *up = upstream_conn(s->up);
     uv_timer_stop(&s->timer);
     s->phase = PHASE_RELAY;
-    if (s->client_reading) {
-        uv_read_stop((uv_stream_t *)&s->client);
-        s->client_reading = false;
-    }
+    conn_read_stop(&s->client);
+    session_write(s, reply, len);
     /* Pipelined client bytes go to the upstream first, then the relay. */
-    if (s->cin.len)
-        session_upstream_write(s, s->cin.data, s->cin.len);
+    if (s->phase == PHASE_RELAY && s->cin.len && conn_write(up, s->cin.data, s->cin.len) < 0)
+        session_close(s, "upstream write failed");
     s->bytes_in += s->cin.len;
-    if (s->uin.len)
-        session_write(s, s->uin.data, s->uin.len);
-    s->bytes_out += s->uin.len;
+    session_write(s, rest, restlen);
+    s->bytes_out += restlen;
     buf_free(&s->cin);
-    buf_free(&s->uin);
     /* The password is not needed any more: do not keep it in memory. */
-    if (s->cred.password) {
-        explicit_bzero(s->cred.password, strlen(s->cred.password));
-        free(s->cred.password);
-        s->cred.password = NULL;
-    }
-    if (relay_start(s) < 0)
-        session_close(s, "relay failed to start");
+    str_wipe_free(&s->cred.password);
+    login_free(s->login);
+    s->login = NULL;
+    if (s->phase != PHASE_RELAY)
+        return;
+    relay_conf_t rc = { .buffer = s->cfg->proxy_buffer, .client_eof = s->client_eof, .bytes_in = &s->bytes_in,
+                        .bytes_out = &s->bytes_out, .done = relay_done, .arg = s };
+    uv_timer_start(&s->timer, on_timeout, (uint64_t)(s->cfg->proxy_timeout * 1000), 0);
+    s->relay = relay_start(&s->client, up, &rc, uv_now(s->loop));
 }
 
-void session_upstream_refused(session_t *s)
+static void login_ok(void *owner, const char *reply, size_t len, const char *rest, size_t restlen)
 {
+    upstream_ready(owner, reply, len, rest, restlen);
+}
+
+/* The upstream refused the credentials: the client hears the upstream's
+ * words, and may try again. */
+static void login_no(void *owner, const char *reply, size_t len, const char *log_text)
+{
+    session_t *s = owner;
     if (s->phase != PHASE_UPSTREAM)
         return;
-    session_log(s, LL_INFO, "upstream refused the login");
-    upstream_close(s);
+    session_log(s, LL_INFO, "upstream refused login: \"%.200s\"", log_text);
+    session_write(s, reply, len);
+    if (s->proto->attempt_failed)
+        s->proto->attempt_failed(s);
+    close_upstream(s);
     back_to_preauth(s);
 }
 
-void session_upstream_failed(session_t *s, const char *why)
+static void login_failed(void *owner, const char *why)
+{
+    upstream_failed(owner, why);
+}
+
+static void login_log_line(void *owner, int level, const char *msg)
+{
+    session_log(owner, level, "%s", msg);
+}
+
+static const login_events_t login_events = {
+    .ready = login_ok, .refused = login_no, .failed = login_failed, .log = login_log_line,
+};
+
+static void up_connected(void *owner, conn_t *c)
+{
+    session_t *s = owner;
+    if (s->phase != PHASE_UPSTREAM)
+        return;
+    session_log(s, LL_DEBUG, "connected to upstream");
+    if (s->splice) {
+        upstream_ready(s, NULL, 0, NULL, 0);
+        return;
+    }
+    /* The login gets the pre-auth `timeout`, as in nginx. */
+    session_set_timeout(s, s->cfg->timeout);
+    const upstream_t *u = &s->upstreams[s->upstream_idx - 1];
+    login_params_t p = {
+        .proto = s->proto,
+        .pstate = s->pstate,
+        .upstream = u,
+        .listener = s->listener,
+        .tls_client = u->tls != UPSTREAM_TLS_OFF ? config_tls_client((config_t *)s->cfg) : NULL,
+        .user = u->user ? u->user : s->cred.user,
+        .password = u->password ? u->password : s->cred.password,
+        .cred = &s->cred,
+        .tag = s->auth.tag,
+        .client_ip = s->client_ip,
+        .client_port = s->client_port,
+        .server_name = s->cfg->server_name,
+        .ev = &login_events,
+        .owner = s,
+    };
+    s->login = login_new(c, &p);
+    login_begin(s->login);
+}
+
+static void up_failed(void *owner, const char *why)
+{
+    upstream_failed(owner, why);
+}
+
+static const upstream_events_t upstream_events = { .connected = up_connected, .failed = up_failed };
+
+/* Tries s->upstreams[s->upstream_idx++]. */
+static void connect_next(session_t *s)
+{
+    const upstream_t *u = &s->upstreams[s->upstream_idx++];
+    s->phase = PHASE_UPSTREAM;
+    snprintf(s->upstream_name, sizeof s->upstream_name, "%s:%d", u->host, u->port);
+    /* Connect and login share one budget per upstream: connect_timeout
+     * until connected, then the login timeout. */
+    session_set_timeout(s, s->cfg->connect_timeout);
+    char hdr[PROXY_HEADER_OUT_MAX];
+    size_t hl = u->proxy_protocol
+                    ? proxy_format(u->proxy_protocol, s->client_ip, s->client_port, s->local_ip, s->local_port, hdr)
+                    : 0;
+    upstream_params_t p = {
+        .u = u,
+        .proxy_header = hl ? hdr : NULL,
+        .proxy_header_len = hl,
+        .ev = &upstream_events,
+        .owner = s,
+    };
+    char err[200];
+    s->up = upstream_connect(s->loop, &p, err, sizeof err);
+    if (!s->up)
+        upstream_failed(s, err);
+}
+
+/* The upstream misbehaved (bad greeting, closed, timed out): the next one,
+ * or a temporary failure. */
+static void upstream_failed(session_t *s, const char *why)
 {
     if (s->phase != PHASE_UPSTREAM)
         return;
     session_log(s, LL_WARN, "%s", why);
-    upstream_close(s);
+    close_upstream(s);
     if (s->upstream_idx < s->nupstreams) {
-        upstream_connect_next(s);
+        connect_next(s);
         return;
     }
     if (s->splice) {
         s->close_reason = "no upstream reachable";
-        s->proto->bye(s, "Service temporarily unavailable");
+        preauth_reply(s, REPLY_BYE, "Service temporarily unavailable");
         session_quit(s);
         return;
     }
     refusal_t r = { .message = NULL, .temporary = true };
-    s->proto->auth_refused(s, &r);
-    back_to_preauth(s);
+    session_refuse(s, &r);
 }

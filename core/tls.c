@@ -74,7 +74,7 @@ struct tls_conn {
     buf_t in;                 /* ciphertext fed, not yet read by mbedTLS */
     size_t in_off;
     buf_t out;                /* ciphertext to send */
-    bool eof, hs_done, failed;
+    bool hs_done, failed;
     char sni[256];
     char err[200];
 };
@@ -411,7 +411,7 @@ static int bio_recv(void *p, unsigned char *data, size_t len)
     size_t avail = t->in.len - t->in_off;
     if (avail == 0) {
         t->in.len = t->in_off = 0;
-        return t->eof ? 0 : MBEDTLS_ERR_SSL_WANT_READ;
+        return MBEDTLS_ERR_SSL_WANT_READ; /* the socket's EOF is conn.c's to tell */
     }
     size_t n = len < avail ? len : avail;
     memcpy(data, t->in.data + t->in_off, n);
@@ -485,11 +485,6 @@ int tls_feed(tls_conn_t *t, const char *data, size_t len)
     return buf_append(&t->in, data, len) < 0 ? PT_ERROR : PT_OK;
 }
 
-void tls_feed_eof(tls_conn_t *t)
-{
-    t->eof = true;
-}
-
 static int fail(tls_conn_t *t, int rc, const char *what)
 {
     t->failed = true;
@@ -525,24 +520,14 @@ int tls_handshake(tls_conn_t *t)
     return fail(t, rc, "TLS handshake");
 }
 
-bool tls_handshake_done(const tls_conn_t *t)
-{
-    return t->hs_done;
-}
-
 int tls_read(tls_conn_t *t, char *out, size_t len)
 {
     for (int empty = 0; empty < 4; empty++) {
         int rc = mbedtls_ssl_read(&t->ssl, (unsigned char *)out, len);
         if (rc > 0)
             return rc;
-        if (rc == 0) {
-            /* 0 is EOF only when the socket said so; else an empty record
-             * (Mbed-TLS/mbedtls#6508): read on */
-            if (t->eof && t->in_off == t->in.len)
-                return PT_EOF;
+        if (rc == 0) /* an empty record (Mbed-TLS/mbedtls#6508): read on */
             continue;
-        }
         if (rc == MBEDTLS_ERR_SSL_WANT_READ || rc == MBEDTLS_ERR_SSL_WANT_WRITE)
             return PT_AGAIN;
         if (rc == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY)
@@ -572,11 +557,6 @@ void tls_close_notify(tls_conn_t *t)
 {
     if (t->hs_done && !t->failed)
         mbedtls_ssl_close_notify(&t->ssl);
-}
-
-size_t tls_out_len(const tls_conn_t *t)
-{
-    return t->out.len;
 }
 
 char *tls_out_take(tls_conn_t *t, size_t *len)

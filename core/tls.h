@@ -51,20 +51,17 @@ tls_conn_t *tls_conn_client(tls_client_t *c, const char *sni, bool verify, const
                             char *err, size_t errlen);
 void tls_conn_free(tls_conn_t *t);
 
-/* Ciphertext from the socket; `eof` once the socket said EOF. */
+/* Ciphertext from the socket. */
 int tls_feed(tls_conn_t *t, const char *data, size_t len);
-void tls_feed_eof(tls_conn_t *t);
 /* PT_OK when the handshake is complete, PT_AGAIN to wait for input,
  * PT_ERROR (tls_error says why). Flush tls_out afterwards. */
 int tls_handshake(tls_conn_t *t);
-bool tls_handshake_done(const tls_conn_t *t);
 /* Plaintext: > 0 bytes, PT_AGAIN (nothing buffered), PT_EOF, PT_ERROR. */
 int tls_read(tls_conn_t *t, char *out, size_t len);
 /* Encrypts all of data into the output buffer; 0 or PT_ERROR. */
 int tls_write(tls_conn_t *t, const char *data, size_t len);
 void tls_close_notify(tls_conn_t *t);
 /* The ciphertext waiting to be sent: take it all (the buffer is reset). */
-size_t tls_out_len(const tls_conn_t *t);
 char *tls_out_take(tls_conn_t *t, size_t *len);   /* malloc'd, caller frees */
 /* Plaintext or ciphertext still inside: call tls_read again. */
 bool tls_pending(const tls_conn_t *t);

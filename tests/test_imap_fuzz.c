@@ -15,12 +15,12 @@ static void check_one(const char *data, size_t len)
     /* a private heap copy so ASan sees any read past the end */
     char *buf = malloc(len ? len : 1);
     memcpy(buf, data, len);
-    imap_command_t c;
+    cmd_t c;
     int rc = imap_parse_command(buf, len, 4096, &c);
     CHECK(rc == PT_OK || rc == PT_AGAIN || rc == PT_INVALID || rc == PT_TOO_BIG);
     if (rc == PT_OK) {
         CHECK(c.consumed > 0 && c.consumed <= len);
-        CHECK(c.nargs >= 0 && c.nargs <= IMAP_MAX_ARGS);
+        CHECK(c.nargs >= 0 && c.nargs <= CMD_MAX_ARGS);
         for (int i = 0; i < c.nargs; i++)
             CHECK(c.args[i].off + c.args[i].len <= c.consumed);
         CHECK(c.tag_len > 0 && c.tag_len <= IMAP_MAX_TAG);

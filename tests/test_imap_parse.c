@@ -5,21 +5,21 @@
 
 #define MAXLIT 1000
 
-static int parse(const char *s, imap_command_t *c)
+static int parse(const char *s, cmd_t *c)
 {
     return imap_parse_command(s, strlen(s), MAXLIT, c);
 }
 
-static int arg_eq(const char *buf, const imap_command_t *c, int i, const char *want)
+static int arg_eq(const char *buf, const cmd_t *c, int i, const char *want)
 {
     char out[256];
-    long n = imap_arg_copy(buf, &c->args[i], out, sizeof out);
+    long n = cmd_arg_copy(buf, &c->args[i], out, sizeof out);
     return n >= 0 && strcmp(out, want) == 0;
 }
 
 int main(void)
 {
-    imap_command_t c;
+    cmd_t c;
     const char *s;
 
     s = "a1 LOGIN alice secret\r\n";
@@ -47,7 +47,7 @@ int main(void)
 
     s = "a3 LOGIN {5}\r\nalice {6}\r\nsecret\r\n";
     CHECK_INT(parse(s, &c), PT_OK);
-    CHECK_INT(c.args[0].type, IMAP_ARG_LITERAL);
+    CHECK_INT(c.args[0].type, CMD_ARG_LITERAL);
     CHECK(arg_eq(s, &c, 0, "alice") && arg_eq(s, &c, 1, "secret"));
 
     /* A synchronizing literal announced, its data not here: ask for it. */
@@ -88,8 +88,8 @@ int main(void)
     s = "b2 ID (\"name\" \"Thunderbird\" \"version\" NIL)\r\n";
     CHECK_INT(parse(s, &c), PT_OK);
     CHECK_INT(c.nargs, 6);
-    CHECK_INT(c.args[0].type, IMAP_ARG_LPAREN);
-    CHECK_INT(c.args[5].type, IMAP_ARG_RPAREN);
+    CHECK_INT(c.args[0].type, CMD_ARG_LPAREN);
+    CHECK_INT(c.args[5].type, CMD_ARG_RPAREN);
     CHECK(arg_eq(s, &c, 2, "Thunderbird"));
 
     /* Bad input. */
@@ -122,7 +122,7 @@ int main(void)
     strcpy(toolong + IMAP_MAX_TAG + 30, " NOOP\r\n");
     CHECK_INT(parse(toolong, &c), PT_INVALID);
     char many[1024] = "e3 X";
-    for (int i = 0; i < IMAP_MAX_ARGS + 1; i++)
+    for (int i = 0; i < CMD_MAX_ARGS + 1; i++)
         strcat(many, " a");
     strcat(many, "\r\n");
     CHECK_INT(parse(many, &c), PT_INVALID);

@@ -1,121 +1,69 @@
-/* lua_bridge.c: the policy's Lua state, its hooks run as coroutines, and
- * the C side of `require "postern"` (log, sleep, now).
- *
- * A hook call is a task: a coroutine anchored in the registry, the session
- * it serves (NULL for on_close), and at most one pending wait. When the
- * session closes first, the task is cancelled: its wait is stopped, the
- * coroutine unanchored and never resumed again. */
-#include "lua_bridge.h"
-#include "mem.h"
+/* lua_policy.c: the policy's Lua state and its hooks. A hook call is a
+ * task (lua_task.h) with the session it serves (none for on_close); the
+ * session table the hook sees and the result it returns are marshalled
+ * here, checked field by field: an invalid result is that session's
+ * internal error and a log line. */
+#include "lua_policy.h"
 
 #include "log.h"
-#include "postern_lib.h"
+#include "lua_lib.h"
+#include "lua_task.h"
+#include "mem.h"
 #include "sasl.h"
 #include "session.h"
 #include "tls.h"
 
 #include <lauxlib.h>
-#include <lua.h>
 #include <lualib.h>
-#include <luajit.h>
 #include <mbedtls/constant_time.h>
 
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 
-struct lb_policy {
+struct policy {
     lua_State *L;
     int refs;
     int hooks_ref;       /* the table the policy returned */
-    int tasks_ref;       /* registry table: coroutine -> task (lightuserdata) */
     bool has[3];
-    uv_loop_t *loop;
 };
 
 enum { HOOK_ON_CONNECT, HOOK_AUTHENTICATE, HOOK_ON_CLOSE };
 static const char *const hook_names[] = { "on_connect", "authenticate", "on_close" };
 
-struct lb_task {
-    lb_policy_t *p;
-    lua_State *co;
-    int co_ref;
+/* One hook call. */
+struct policy_call {
+    task_t task;         /* first: the task layer hands back &call->task */
+    policy_t *p;         /* pinned while the call runs */
     session_t *s;        /* NULL: on_close, or cancelled */
     int hook;
     uint64_t sid;        /* the session id, for log lines */
-    lb_wait_t *wait;     /* the pending asynchronous call */
-    struct lb_task *prev, *next;
 };
 
-static lb_policy_t *current;
-static lb_task_t *tasks;
-static int ntasks;
+static policy_t *current;
 
-int lb_tasks_running(void)
+static void call_free(policy_call_t *c)
 {
-    return ntasks;
+    task_release(&c->task);
+    policy_release(c->p);
+    free(c);
 }
 
-/* ---- tasks ---- */
-
-static lb_task_t *task_of(lua_State *L, lb_policy_t **pp)
+void policy_cancel(policy_call_t *c)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "postern.policy");
-    lb_policy_t *p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    if (pp)
-        *pp = p;
-    if (!p)
-        return NULL;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->tasks_ref);
-    lua_pushthread(L);
-    lua_rawget(L, -2);
-    lb_task_t *t = lua_touserdata(L, -1);
-    lua_pop(L, 2);
-    return t;
+    if (c)
+        call_free(c);
 }
 
-static void task_free(lb_task_t *t)
+static void call_log(task_t *t, int level, const char *msg)
 {
-    if (t->wait) {
-        lb_wait_t *w = t->wait;
-        t->wait = NULL;
-        w->cancel(w);
-    }
-    lua_State *L = t->p->L;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->p->tasks_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
-    lua_pushnil(L);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    luaL_unref(L, LUA_REGISTRYINDEX, t->co_ref);
-    if (t->prev)
-        t->prev->next = t->next;
+    policy_call_t *c = (policy_call_t *)t;
+    if (c->s)
+        session_log(c->s, level, "%s", msg);
     else
-        tasks = t->next;
-    if (t->next)
-        t->next->prev = t->prev;
-    ntasks--;
-    lb_policy_release(t->p);
-    free(t);
-}
-
-void lb_task_cancel(lb_task_t *t)
-{
-    if (t)
-        task_free(t);
-}
-
-static void task_log(lb_task_t *t, int level, const char *msg)
-{
-    if (t->s)
-        session_log(t->s, level, "%s", msg);
-    else
-        log_msg(level, "*%llu %s", (unsigned long long)t->sid, msg);
+        log_msg(level, "*%llu %s", (unsigned long long)c->sid, msg);
 }
 
 /* ---- reading what a hook returned ---- */
@@ -143,13 +91,13 @@ static char *opt_str(lua_State *L, int idx, const char *key, const char *path, c
 static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path, char *err, size_t errlen)
 {
     static const char *const known[] = { "host", "port", "user", "password", "auth", "tls", "verify", "sni", "weight", "certificate", "key",
-                                         "xclient", "proxy_protocol", "name", NULL };
+                                         "proxy_protocol", "name", NULL };
     int bad = 0;
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         lua_pop(L, 1);
         const char *k = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "?";
-        int ok = 0;
+        int ok = proto_option_index(k) >= 0; /* a protocol's own (SMTP's xclient) */
         for (const char *const *q = known; *q; q++)
             ok |= strcmp(*q, k) == 0;
         if (!ok && !bad) {
@@ -176,11 +124,19 @@ static int read_upstream(lua_State *L, int idx, upstream_t *u, const char *path,
         snprintf(err, errlen, "%s: user and password must not contain CR, LF or NUL", path);
         bad = 1;
     }
-    lua_getfield(L, idx, "xclient");
-    u->xclient = lua_isnil(L, -1) ? -1 : lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    for (int i = 0; i < proto_option_count(); i++) {
+        lua_getfield(L, idx, proto_option_name(i));
+        if (!lua_isnil(L, -1)) {
+            u->opt_set |= 1u << i;
+            u->opt_on |= lua_toboolean(L, -1) ? 1u << i : 0;
+        }
+        lua_pop(L, 1);
+    }
     char *tls = opt_str(L, idx, "tls", path, err, errlen, &bad);
-    u->tls = !tls || strcmp(tls, "off") == 0 ? 0 : strcmp(tls, "on") == 0 ? 1 : strcmp(tls, "starttls") == 0 ? 2 : -1;
+    u->tls = !tls || strcmp(tls, "off") == 0 ? UPSTREAM_TLS_OFF
+             : strcmp(tls, "on") == 0        ? UPSTREAM_TLS_ON
+             : strcmp(tls, "starttls") == 0  ? UPSTREAM_TLS_STARTTLS
+                                             : -1;
     if (u->tls < 0 && !bad) {
         snprintf(err, errlen, "%s.tls: \"%s\" is not \"off\", \"on\" or \"starttls\"", path, tls);
         bad = 1;
@@ -293,11 +249,12 @@ static refusal_t *read_refusal(lua_State *L, int idx)
     return r;
 }
 
-static void task_finished(lb_task_t *t, int rc)
+static void call_finished(task_t *task, int rc)
 {
-    lua_State *co = t->co;
+    policy_call_t *t = (policy_call_t *)task;
+    lua_State *co = task->co;
     session_t *s = t->s;
-    hook_outcome_t outcome = HOOK_ERROR;
+    policy_outcome_t outcome = POLICY_ERROR;
     upstream_t *ups = NULL;
     int nups = 0;
     refusal_t *r = NULL;
@@ -310,19 +267,19 @@ static void task_finished(lb_task_t *t, int rc)
         char line[4096];
         snprintf(line, sizeof line, "policy error in %s: %s", hook_names[t->hook], lua_tostring(L, -1));
         lua_pop(L, 1);
-        task_log(t, LL_ERROR, line);
+        call_log(task, LL_ERROR, line);
     } else if (t->hook == HOOK_ON_CLOSE) {
-        outcome = HOOK_CONTINUE;
+        outcome = POLICY_CONTINUE;
     } else {
         int n = lua_gettop(co);
         int t1 = n >= 1 ? lua_type(co, 1) : LUA_TNIL;
         if (t1 == LUA_TTABLE) {
             if (read_upstreams(co, 1, &ups, &nups, err, sizeof err) == 0)
-                outcome = HOOK_UPSTREAMS;
+                outcome = POLICY_UPSTREAMS;
         } else if (t->hook == HOOK_ON_CONNECT && (t1 == LUA_TNIL || (t1 == LUA_TBOOLEAN && lua_toboolean(co, 1)))) {
-            outcome = HOOK_CONTINUE;
+            outcome = POLICY_CONTINUE;
         } else if (t1 == LUA_TNIL || (t1 == LUA_TBOOLEAN && !lua_toboolean(co, 1))) {
-            outcome = HOOK_REFUSE;
+            outcome = POLICY_REFUSE;
             r = read_refusal(co, 2);
         } else {
             snprintf(err, sizeof err, "expected an upstream table or nil and a refusal, got %s",
@@ -331,26 +288,18 @@ static void task_finished(lb_task_t *t, int rc)
         if (err[0]) {
             char line[700];
             snprintf(line, sizeof line, "policy %s returned an invalid result: %s", hook_names[t->hook], err);
-            task_log(t, LL_ERROR, line);
+            call_log(task, LL_ERROR, line);
         }
     }
     if (s) {
-        s->task = NULL;
+        s->hook = NULL;
         t->s = NULL;
         session_hook_done(s, outcome, ups, nups, r);
     } else {
         upstreams_free(ups, nups);
         refusal_free(r);
     }
-    task_free(t);
-}
-
-static void task_resume(lb_task_t *t, int nargs)
-{
-    int rc = lua_resume(t->co, nargs);
-    if (rc == LUA_YIELD)
-        return;
-    task_finished(t, rc);
+    call_free(t);
 }
 
 /* ---- the session table given to hooks ---- */
@@ -413,6 +362,26 @@ static void set_num(lua_State *L, const char *k, double v)
     lua_setfield(L, -2, k);
 }
 
+static void sink_string(void *ctx, const char *name, const char *value)
+{
+    set_str(ctx, name, value);
+}
+
+static void sink_list(void *ctx, const char *name, char *const *values, int n)
+{
+    lua_State *L = ctx;
+    if (n <= 0)
+        return;
+    lua_createtable(L, n, 0);
+    for (int i = 0; i < n; i++) {
+        lua_pushstring(L, values[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, name);
+}
+
+static const proto_fields_t field_sink = { sink_string, sink_list };
+
 static void push_session(lua_State *L, session_t *s)
 {
     lua_newtable(L); /* the proxy the hook sees */
@@ -431,14 +400,15 @@ static void push_session(lua_State *L, session_t *s)
         set_num(L, "proxy_protocol_server_port", s->local_port);
         set_str(L, "peer_ip", s->peer_ip);
     }
-    lua_pushboolean(L, s->tls_active);
+    tls_conn_t *ctls = session_tls_active(s) ? conn_tls(&s->client) : NULL;
+    lua_pushboolean(L, ctls != NULL);
     lua_setfield(L, -2, "tls");
-    if (s->ctls && s->tls_active) {
-        set_str(L, "sni", tls_sni(s->ctls));
-        set_str(L, "tls_protocol", tls_protocol(s->ctls));
-        set_str(L, "tls_cipher", tls_cipher(s->ctls));
+    if (ctls) {
+        set_str(L, "sni", tls_sni(ctls));
+        set_str(L, "tls_protocol", tls_protocol(ctls));
+        set_str(L, "tls_cipher", tls_cipher(ctls));
         char subject[512], issuer[512], serial[128], fp[128];
-        if (tls_peer_cert(s->ctls, subject, sizeof subject, issuer, sizeof issuer, serial, sizeof serial, fp,
+        if (tls_peer_cert(ctls, subject, sizeof subject, issuer, sizeof issuer, serial, sizeof serial, fp,
                           sizeof fp)) {
             lua_createtable(L, 0, 4);
             set_str(L, "subject", subject);
@@ -449,7 +419,7 @@ static void push_session(lua_State *L, session_t *s)
         }
         if (s->listener->verify_client) { /* what nginx's auth_http sends as Auth-SSL-* */
             tls_peer_nginx_t pn;
-            bool cert = tls_peer_nginx(s->ctls, &pn);
+            bool cert = tls_peer_nginx(ctls, &pn);
             set_str(L, "tls_verify", pn.verify);
             if (cert) {
                 set_str(L, "tls_subject", pn.subject);
@@ -467,18 +437,8 @@ static void push_session(lua_State *L, session_t *s)
     set_str(L, "mechanism", s->cred.mechanism);
     set_str(L, "salt", s->cred.salt);
     set_str(L, "digest", s->cred.digest);
-    set_str(L, "helo", s->env.helo);
-    set_str(L, "mail_from", s->env.mail_from);
-    set_str(L, "mail_line", s->env.mail_line);
-    set_str(L, "rcpt_line", s->env.rcpt_line);
-    if (s->env.nrcpt > 0) {
-        lua_createtable(L, s->env.nrcpt, 0);
-        for (int i = 0; i < s->env.nrcpt; i++) {
-            lua_pushstring(L, s->env.rcpt_to[i]);
-            lua_rawseti(L, -2, i + 1);
-        }
-        lua_setfield(L, -2, "rcpt_to");
-    }
+    if (s->proto->fields) /* the protocol's own (SMTP's envelope) */
+        s->proto->fields(s, &field_sink, L);
     set_num(L, "login_attempt", s->login_attempt);
     lua_pushcfunction(L, session_check_password);
     lua_setfield(L, -2, "check_password");
@@ -499,57 +459,49 @@ static void push_session(lua_State *L, session_t *s)
     lua_setmetatable(L, -2);
 }
 
-static lb_task_t *task_new(lb_policy_t *p, session_t *s, int hook)
+static policy_call_t *call_new(policy_t *p, session_t *s, int hook)
 {
     lua_State *L = p->L;
-    lb_task_t *t = xcalloc(1, sizeof *t);
-    t->p = p;
+    policy_call_t *c = xcalloc(1, sizeof *c);
+    c->p = p;
     p->refs++;
-    t->s = s;
-    t->sid = s->id;
-    t->hook = hook;
-    t->co = lua_newthread(L);
-    t->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->tasks_ref);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, t->co_ref);
-    lua_pushlightuserdata(L, t);
-    lua_rawset(L, -3);
-    lua_pop(L, 1);
-    t->next = tasks;
-    if (tasks)
-        tasks->prev = t;
-    tasks = t;
-    ntasks++;
+    c->s = s;
+    c->sid = s->id;
+    c->hook = hook;
+    task_init(&c->task, L);
+    c->task.finished = call_finished;
+    c->task.log = call_log;
     /* the hook function, then the session table */
-    lua_rawgeti(t->co, LUA_REGISTRYINDEX, p->hooks_ref);
-    lua_getfield(t->co, -1, hook_names[hook]);
-    lua_remove(t->co, -2);
-    push_session(t->co, s);
-    return t;
+    lua_State *co = c->task.co;
+    lua_rawgeti(co, LUA_REGISTRYINDEX, p->hooks_ref);
+    lua_getfield(co, -1, hook_names[hook]);
+    lua_remove(co, -2);
+    push_session(co, s);
+    return c;
 }
 
 static void run_hook(session_t *s, int hook)
 {
-    lb_task_t *t = task_new(s->policy, s, hook);
-    s->task = t;
-    task_resume(t, 1);
+    policy_call_t *c = call_new(s->policy, s, hook);
+    s->hook = c;
+    task_resume(&c->task, 1);
 }
 
-void lb_run_connect(session_t *s)
+void policy_run_connect(session_t *s)
 {
     run_hook(s, HOOK_ON_CONNECT);
 }
 
-void lb_run_authenticate(session_t *s)
+void policy_run_authenticate(session_t *s)
 {
     run_hook(s, HOOK_AUTHENTICATE);
 }
 
-void lb_run_close(session_t *s)
+void policy_run_close(session_t *s)
 {
-    lb_task_t *t = task_new(s->policy, s, HOOK_ON_CLOSE);
-    t->s = NULL; /* on its own: the session is going away */
-    lua_State *co = t->co;
+    policy_call_t *c = call_new(s->policy, s, HOOK_ON_CLOSE);
+    c->s = NULL; /* on its own: the session is going away */
+    lua_State *co = c->task.co;
     lua_newtable(co);
     set_num(co, "bytes_in", (double)s->bytes_in);
     set_num(co, "bytes_out", (double)s->bytes_out);
@@ -557,202 +509,14 @@ void lb_run_close(session_t *s)
     if (s->upstream_name[0])
         set_str(co, "upstream", s->upstream_name);
     set_str(co, "reason", s->close_reason);
-    task_resume(t, 2);
+    task_resume(&c->task, 2);
 }
 
-void lb_session_release(session_t *s)
+void policy_session_release(session_t *s)
 {
     if (s->policy && s->vars_ref != LUA_NOREF)
         luaL_unref(s->policy->L, LUA_REGISTRYINDEX, s->vars_ref);
     s->vars_ref = LUA_NOREF;
-}
-
-/* ---- require "postern" ---- */
-
-static int l_log(lua_State *L)
-{
-    const char *lv = luaL_checkstring(L, 1);
-    int level = log_level_parse(lv);
-    if (level < 0)
-        return luaL_argerror(L, 1, "level must be \"error\", \"warn\", \"info\" or \"debug\"");
-    if (!log_enabled(level))
-        return 0;
-    luaL_Buffer b;
-    luaL_buffinit(L, &b);
-    int n = lua_gettop(L);
-    for (int i = 2; i <= n; i++) {
-        lua_getglobal(L, "tostring");
-        lua_pushvalue(L, i);
-        lua_call(L, 1, 1);
-        luaL_addvalue(&b);
-    }
-    luaL_pushresult(&b);
-    char msg[2048];
-    snprintf(msg, sizeof msg, "[lua] %s", lua_tostring(L, -1));
-    lb_task_t *t = task_of(L, NULL);
-    if (t)
-        task_log(t, level, msg);
-    else
-        log_msg(level, "%s", msg);
-    return 0;
-}
-
-static int l_now(lua_State *L)
-{
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    lua_pushnumber(L, (double)tv.tv_sec + tv.tv_usec / 1e6);
-    return 1;
-}
-
-/* ---- waiting ---- */
-
-static bool standalone;       /* loaded into a plain interpreter (busted) */
-static uv_loop_t *the_loop;
-
-uv_loop_t *lb_loop(void)
-{
-    return the_loop ? the_loop : uv_default_loop();
-}
-
-/* Every asynchronous function starts here: it must run in a hook's own
- * coroutine, where a yield is possible, or in a plain interpreter. */
-void lb_wait_check(lua_State *L, const char *fname)
-{
-    lb_policy_t *p;
-    lb_task_t *t = task_of(L, &p);
-    if (!t && standalone && !p)
-        return;
-    if (!t) {
-        luaL_where(L, 1);
-        lua_pushfstring(L, "%s can only be called inside a hook (on_connect, authenticate, on_close), "
-                           "not while the policy loads or from a coroutine of its own",
-                        fname);
-        lua_concat(L, 2);
-        lua_error(L);
-    }
-    if (!lua_isyieldable(L))
-        luaL_error(L, "%s cannot wait here (inside a C function such as table.sort or string.gsub)", fname);
-    if (t->wait)
-        luaL_error(L, "%s: the hook is already waiting", fname);
-}
-
-void lb_wait_begin(lua_State *L, lb_wait_t *w)
-{
-    if (standalone) /* the loop sleeps between calls: its clock is stale */
-        uv_update_time(lb_loop());
-    lb_task_t *t = task_of(L, NULL);
-    w->task = t;
-    w->L = L;
-    w->done = w->nresults = NULL;
-    if (t)
-        t->wait = w;
-}
-
-int lb_wait_yield(lua_State *L, lb_wait_t *w)
-{
-    if (w->task)
-        return lua_yield(L, 0);
-    int done = 0, n = 0;
-    w->done = &done;
-    w->nresults = &n;
-    int base = lua_gettop(L);
-    while (!done)
-        uv_run(lb_loop(), UV_RUN_ONCE);
-    (void)base;
-    return n;
-}
-
-lua_State *lb_wait_state(lb_wait_t *w)
-{
-    if (w->task)
-        lua_settop(w->L, 0);
-    return w->L;
-}
-
-void lb_wait_done(lb_wait_t *w, int nresults)
-{
-    lb_task_t *t = w->task;
-    if (!t) {
-        *w->done = 1;
-        *w->nresults = nresults;
-        /* done inside a timer callback, uv_run(ONCE) would still poll with
-         * no timeout if another handle (a Redis socket) is active */
-        uv_stop(lb_loop());
-        return;
-    }
-    t->wait = NULL;
-    task_resume(t, nresults);
-}
-
-/* ---- postern.sleep ---- */
-
-typedef struct sleep_req {
-    lb_wait_t w;
-    uv_timer_t timer;
-} sleep_req_t;
-
-static void sleep_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
-
-static void sleep_cancel(lb_wait_t *w)
-{
-    sleep_req_t *r = (sleep_req_t *)w;
-    uv_timer_stop(&r->timer);
-    uv_close((uv_handle_t *)&r->timer, sleep_closed);
-}
-
-static void sleep_done(uv_timer_t *h)
-{
-    sleep_req_t *r = h->data;
-    lb_wait_state(&r->w);
-    uv_close((uv_handle_t *)h, sleep_closed);
-    lb_wait_done(&r->w, 0);
-}
-
-static int l_sleep(lua_State *L)
-{
-    double sec = luaL_checknumber(L, 1);
-    if (!(sec >= 0))
-        return luaL_argerror(L, 1, "must be a number of seconds >= 0");
-    lb_wait_check(L, "postern.sleep");
-    sleep_req_t *r = xcalloc(1, sizeof *r);
-    r->w.cancel = sleep_cancel;
-    lb_wait_begin(L, &r->w); /* before the timer: it updates the loop's clock */
-    uv_timer_init(lb_loop(), &r->timer);
-    r->timer.data = r;
-    uv_timer_start(&r->timer, sleep_done, (uint64_t)(sec * 1000 + 0.5), 0);
-    return lb_wait_yield(L, &r->w);
-}
-
-static const luaL_Reg postern_lib[] = {
-    { "log", l_log },
-    { "now", l_now },
-    { "sleep", l_sleep },
-    { NULL, NULL },
-};
-
-static int open_postern(lua_State *L)
-{
-    lua_newtable(L);
-    luaL_register(L, NULL, postern_lib);
-    lua_pushstring(L, POSTERN_VERSION);
-    lua_setfield(L, -2, "version");
-    dns_open(L);
-    http_open(L);
-    redis_open(L);
-    return 1;
-}
-
-/* require "postern" from a plain interpreter (busted): the same library,
- * with every wait run to completion on the loop (see lb_wait_yield). */
-int lb_open_module(lua_State *L)
-{
-    standalone = true;
-    signal(SIGPIPE, SIG_IGN);
-    return open_postern(L);
 }
 
 /* ---- loading a policy ---- */
@@ -791,7 +555,7 @@ static void set_path(lua_State *L, const char *policy)
     lua_pop(L, 2);
 }
 
-static lb_policy_t *policy_load(uv_loop_t *loop, const char *file, char *err, size_t errlen)
+static policy_t *load(uv_loop_t *loop, const char *file, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
     if (!L) {
@@ -802,19 +566,14 @@ static lb_policy_t *policy_load(uv_loop_t *loop, const char *file, char *err, si
     set_path(L, file);
     lua_getglobal(L, "package");
     lua_getfield(L, -1, "preload");
-    lua_pushcfunction(L, open_postern);
+    lua_pushcfunction(L, lib_open);
     lua_setfield(L, -2, "postern");
     lua_pop(L, 2);
 
-    lb_policy_t *p = xcalloc(1, sizeof *p);
+    policy_t *p = xcalloc(1, sizeof *p);
     p->L = L;
-    p->loop = loop;
-    the_loop = loop;
     p->refs = 1;
-    lua_pushlightuserdata(L, p);
-    lua_setfield(L, LUA_REGISTRYINDEX, "postern.policy");
-    lua_newtable(L);
-    p->tasks_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    task_state_init(L, loop);
     /* Seed per process: LuaJIT repeats the same sequence otherwise. */
     luaL_dostring(L, "math.randomseed(os.time() + (tonumber(tostring({}):match('0x(%x+)'), 16) or 0) % 100000)");
 
@@ -850,40 +609,39 @@ bad:
     return NULL;
 }
 
-int lb_load(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen)
+int policy_load(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen)
 {
-    lb_policy_t *p = policy_load(loop, cfg->policy, err, errlen);
+    policy_t *p = load(loop, cfg->policy, err, errlen);
     if (!p)
-        return -1;
-    lb_policy_release(current);
+        return PT_ERROR;
+    policy_release(current);
     current = p;
-    return 0;
+    return PT_OK;
 }
 
-void lb_shutdown(void)
+void policy_shutdown(void)
 {
-    while (tasks) {
-        lb_task_t *t = tasks;
-        if (t->s) {
-            t->s->task = NULL;
-            t->s = NULL;
+    for (task_t *t; (t = task_first());) { /* every task here is a hook call */
+        policy_call_t *c = (policy_call_t *)t;
+        if (c->s) {
+            c->s->hook = NULL;
+            c->s = NULL;
         }
-        task_free(t);
+        call_free(c);
     }
-    lb_policy_release(current);
+    policy_release(current);
     current = NULL;
-    http_shutdown();
-    redis_shutdown();
+    lib_shutdown();
 }
 
-lb_policy_t *lb_policy_acquire(void)
+policy_t *policy_acquire(void)
 {
     if (current)
         current->refs++;
     return current;
 }
 
-void lb_policy_release(lb_policy_t *p)
+void policy_release(policy_t *p)
 {
     if (p && --p->refs == 0) {
         lua_close(p->L);
@@ -891,7 +649,7 @@ void lb_policy_release(lb_policy_t *p)
     }
 }
 
-bool lb_has_hook(const lb_policy_t *p, const char *name)
+bool policy_has_hook(const policy_t *p, const char *name)
 {
     for (int h = 0; p && h < 3; h++)
         if (strcmp(name, hook_names[h]) == 0)
