@@ -40,10 +40,11 @@ unit: build
 lint:
 	@$(LUACHECK) lua scripts spec
 
-spec: build module
+spec: deps build module
 	POSTERN_BIN=$(CURDIR)/$(BUILD)/postern $(BUSTED) $(BUSTED_ARGS)
 
-test: build module
+# `make test` on a fresh machine installs what is missing first, as `make run` does
+test: deps build module
 	@cd $(BUILD) && ctest --output-on-failure
 	@$(LUACHECK) lua scripts spec
 	@POSTERN_BIN=$(CURDIR)/$(BUILD)/postern $(BUSTED) $(BUSTED_ARGS)

@@ -19,5 +19,6 @@ return {
     { address = "127.0.0.1:1993", protocol = "imap", tls = true },
     { address = "127.0.0.1:1995", protocol = "pop3", tls = true },
     { address = "127.0.0.1:1465", protocol = "smtp", tls = true },
+    { address = "127.0.0.1:4190", protocol = "sieve", starttls = "on" },  -- ManageSieve
   },
 }

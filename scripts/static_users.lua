@@ -16,6 +16,7 @@
 --       imap = { host = "10.0.0.6", port = 143 },
 --       pop3 = { host = "10.0.0.6", port = 110 },
 --       smtp = { host = "10.0.0.6", port = 587 },
+--       sieve = { host = "10.0.0.6", port = 4190 },
 --     },
 --   }
 --   policy.default_upstream = "imap1"
@@ -67,6 +68,7 @@ local policy = {
       imap = { host = "127.0.0.1", port = 1144 },
       pop3 = { host = "127.0.0.1", port = 1145 },
       smtp = { host = "127.0.0.1", port = 1146 },
+      sieve = { host = "127.0.0.1", port = 1147 },
     },
   },
   default_upstream = "demo",

@@ -5,6 +5,7 @@
 #include "config.h"
 #include "login.h"
 #include "peer.h"
+#include "session.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -82,6 +83,8 @@ static void end(scene_t *sc)
     close(sc->fd);
     uv_run(&sc->loop, UV_RUN_DEFAULT);
     CHECK_INT(uv_loop_close(&sc->loop), 0);
+    session_t owner = { .pstate = sc->pstate }; /* the protocol frees what its state points to */
+    sc->proto->cleanup(&owner);
     free(sc->pstate);
 }
 

@@ -1,9 +1,9 @@
--- Test helper: run a private, throw-away Dovecot (IMAP + optional POP3)
+-- Test helper: run a private, throw-away Dovecot (IMAP, optional POP3 and ManageSieve)
 -- on 127.0.0.1 for busted specs.
 --
 --   local dovecot = require "helpers.dovecot"
 --   local d = dovecot.start{ users = { alice = "secret" }, pop3 = true }
---   -- d.imap_port, d.pop3_port (nil unless pop3 = true), d.dir, d.pid
+--   -- d.imap_port, d.pop3_port (nil unless pop3 = true), d.sieve_port (sieve = true), d.dir, d.pid
 --   d:stop()   -- or d.stop()
 --
 -- Everything (config, base_dir, state_dir, logs, passwd file, mail homes)
@@ -179,7 +179,7 @@ local function conf_text(o)
   add("log_path = " .. o.dir .. "/dovecot.log")
   add("info_log_path = " .. o.dir .. "/dovecot.log")
   add("debug_log_path = " .. o.dir .. "/dovecot.log")
-  add("protocols = " .. (o.pop3_port and "imap pop3" or "imap"))
+  add("protocols = imap" .. (o.pop3_port and " pop3" or "") .. (o.sieve_port and " sieve" or ""))
   add("listen = 127.0.0.1")
   if o.ssl then
     -- ssl = yes: STARTTLS/STLS on the plain ports, and imaps/pop3s below
@@ -247,6 +247,18 @@ local function conf_text(o)
   end
   add("  }")
   add("}")
+  if o.sieve_port then
+    -- ManageSieve (Debian's dovecot-managesieved): STARTTLS on this port when ssl is on
+    add("service managesieve-login {")
+    add("  inet_listener sieve {")
+    add("    address = 127.0.0.1")
+    add("    port = " .. o.sieve_port)
+    add("  }")
+    add("}")
+    add("plugin {")
+    add("  sieve = file:~/sieve;active=~/.dovecot.sieve")
+    add("}")
+  end
   add("service anvil {")
   add("  unix_listener anvil-auth-penalty {")
   add("    mode = 0")
@@ -297,6 +309,7 @@ end
 -- opts:
 --   users = { name = "password", ... }  (default { alice = "secret" })
 --   pop3  = true                         also listen for POP3
+--   sieve = true                         also listen for ManageSieve (d.sieve_port)
 --   debug = true                         auth_debug/mail_debug in the log
 --   haproxy = true                       the IMAP listener wants a PROXY header (v1 or v2)
 --   auth_failure_delay = "2 secs"        default 0 (fast failing specs)
@@ -350,6 +363,7 @@ function _M.start(opts)
       return port
     end
     if opts.pop3 then d.pop3_port = another() end
+    if opts.sieve then d.sieve_port = another() end
     if opts.ssl then
       assert(opts.ssl.cert and opts.ssl.key, "helpers.dovecot: ssl = { cert = ..., key = ... }")
       d.imaps_port = another()
@@ -364,6 +378,7 @@ function _M.start(opts)
       pop3_port = d.pop3_port,
       imaps_port = d.imaps_port,
       pop3s_port = d.pop3s_port,
+      sieve_port = d.sieve_port,
       ssl = opts.ssl,
       debug = opts.debug,
       auth_failure_delay = opts.auth_failure_delay,

@@ -46,6 +46,7 @@ describe("scripts/static_users.lua", function()
         imap = { host = "127.0.0.1", port = 1144 },
         pop3 = { host = "127.0.0.1", port = 1145 },
         smtp = { host = "127.0.0.1", port = 1146 },
+        sieve = { host = "127.0.0.1", port = 1147 },
       }, policy.upstreams.demo)
       assert.are.equal("demo", policy.default_upstream)
       assert.are.equal(1, policy.fail_wait)
@@ -71,6 +72,8 @@ describe("scripts/static_users.lua", function()
         (policy.authenticate({ user = "demo", password = "demo", protocol = "pop3" })))
       assert.are.same({ host = "127.0.0.1", port = 1146 },
         (policy.authenticate({ user = "demo", password = "demo", protocol = "smtp" })))
+      assert.are.same({ host = "127.0.0.1", port = 1147 },
+        (policy.authenticate({ user = "demo", password = "demo", protocol = "sieve" })))
     end)
 
     it("routes bob/bob (bcrypt) to the demo upstream", function()

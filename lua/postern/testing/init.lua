@@ -78,6 +78,7 @@
 --   testing.mock_imap(opts) -> mock   (options: see lua/postern/testing/mock_imap.lua)
 --   testing.mock_pop3(opts) -> mock   (options: see lua/postern/testing/mock_pop3.lua)
 --   testing.mock_smtp(opts) -> mock   (options: see lua/postern/testing/mock_smtp.lua)
+--   testing.mock_sieve(opts) -> mock  (options: see lua/postern/testing/mock_sieve.lua)
 --     mock.port, mock.host, mock.record_path, mock.log_path
 --     mock:lines() mock:wait_for(pattern, timeout=3) mock:logins() mock:log() mock:stop()
 --     mock:messages()  SMTP: messages received by DATA, { {bytes=, lines=, subject=}, ... }
@@ -155,7 +156,7 @@
 --   client.lua     testing.client: the line client, with the protocol methods
 --                  of client_imap.lua, client_pop3.lua and client_smtp.lua
 --   mock_server.lua  the event loop the mocks share
---   mock_imap.lua, mock_pop3.lua, mock_smtp.lua, mock_http.lua: the mocks,
+--   mock_imap.lua, mock_pop3.lua, mock_smtp.lua, mock_sieve.lua, mock_http.lua: the mocks,
 --                  modules with run(opts), each started as a process of its
 --                  own by run_mock.lua (requiring one starts nothing)
 --
@@ -199,5 +200,6 @@ function testing.mock_imap(opts) local m = mock.start("mock_imap", opts); return
 function testing.mock_pop3(opts) local m = mock.start("mock_pop3", opts); return m end
 function testing.mock_smtp(opts) local m = mock.start("mock_smtp", opts); return m end
 function testing.mock_http(opts) local m = mock.start("mock_http", opts); return m end
+function testing.mock_sieve(opts) local m = mock.start("mock_sieve", opts); return m end
 
 return testing

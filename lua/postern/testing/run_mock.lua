@@ -4,7 +4,7 @@
 --
 --   luajit lua/postern/testing/run_mock.lua MODULE OPTIONS_FILE
 --
--- MODULE is mock_imap, mock_pop3, mock_smtp or mock_http (short for
+-- MODULE is mock_imap, mock_pop3, mock_smtp, mock_sieve or mock_http (short for
 -- postern.testing.<name>), or any module name on LUA_PATH whose run(opts)
 -- serves until the process is killed. OPTIONS_FILE is a Lua file that
 -- returns the options table. The lua/ directory this file lives in comes
