@@ -1,5 +1,6 @@
 /* buf.c: bounded byte buffers and line splitting. */
 #include "buf.h"
+
 #include "mem.h"
 #include "status.h"
 

@@ -2,10 +2,11 @@
  * checked key by key, into a config_t. The first problem found is
  * reported as "file: key.path: what is wrong". */
 #include "config.h"
-#include "mem.h"
 
 #include "log.h"
+#include "mem.h"
 #include "proto.h"
+#include "status.h"
 #include "tls.h"
 
 #include <lauxlib.h>
@@ -30,15 +31,15 @@ typedef struct check {
 static int fail(check_t *c, const char *path, const char *fmt, ...)
 {
     if (c->failed++)
-        return -1;
+        return PT_ERROR;
     int n = snprintf(c->err, c->errlen, "%s: %s: ", c->file, path);
     if (n < 0 || (size_t)n >= c->errlen)
-        return -1;
+        return PT_ERROR;
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->err + n, c->errlen - n, fmt, ap);
     va_end(ap);
-    return -1;
+    return PT_ERROR;
 }
 
 /* Every key of the table at the top must be one of `known`. */
@@ -111,7 +112,7 @@ static int opt_int(check_t *c, const char *path, const char *key, int *out, int 
 {
     double v = *out;
     if (opt_number(c, path, key, &v, min, max) < 0)
-        return -1;
+        return PT_ERROR;
     if (v != (int)v) {
         char kp[256];
         snprintf(kp, sizeof kp, "%s%s%s", path, path[0] ? "." : "", key);
@@ -218,11 +219,11 @@ static int parse_address(const char *a, struct sockaddr_storage *ss, int *port)
     char *end;
     long p = strtol(ps, &end, 10);
     if (*ps == '\0' || *end != '\0' || p < 1 || p > 65535)
-        return -1;
+        return PT_ERROR;
     *port = (int)p;
     size_t hl = colon ? (size_t)(colon - a) : 0;
     if (hl >= sizeof host)
-        return -1;
+        return PT_ERROR;
     memcpy(host, a, hl);
     host[hl] = '\0';
     memset(ss, 0, sizeof *ss);
@@ -231,7 +232,7 @@ static int parse_address(const char *a, struct sockaddr_storage *ss, int *port)
     if (host[0] == '[') {
         size_t l = strlen(host);
         if (l < 3 || host[l - 1] != ']')
-            return -1;
+            return PT_ERROR;
         host[l - 1] = '\0';
         struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
         s6->sin6_family = AF_INET6;
@@ -278,9 +279,9 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     if (lua_type(L, -1) != LUA_TTABLE)
         return fail(c, path, "expected a table like { address = \"127.0.0.1:1143\" }");
     if (check_keys(c, path, keys) < 0)
-        return -1;
+        return PT_ERROR;
     if (opt_string(c, path, "address", &l->address) < 0)
-        return -1;
+        return PT_ERROR;
     snprintf(kp, sizeof kp, "%s.address", path);
     if (!l->address)
         return fail(c, kp, "missing (e.g. \"127.0.0.1:1143\")");
@@ -293,7 +294,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
 
     char *proto = NULL;
     if (opt_string(c, path, "protocol", &proto) < 0)
-        return -1;
+        return PT_ERROR;
     snprintf(kp, sizeof kp, "%s.protocol", path);
     if (proto) {
         l->proto = proto_find(proto);
@@ -342,7 +343,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
 
     char *starttls = NULL;
     if (opt_string(c, path, "starttls", &starttls) < 0)
-        return -1;
+        return PT_ERROR;
     if (starttls) {
         snprintf(kp, sizeof kp, "%s.starttls", path);
         int bad = strcmp(starttls, "off") != 0 && strcmp(starttls, "on") != 0 && strcmp(starttls, "only") != 0;
@@ -352,11 +353,11 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
             return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
     }
     if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0)
-        return -1;
+        return PT_ERROR;
     for (int k = 0; k < proto_option_count() && k < PROTO_MAX_OPTIONS; k++) { /* SMTP's xclient... */
         bool on = false;
         if (opt_bool(c, path, proto_option_name(k), &on) < 0)
-            return -1;
+            return PT_ERROR;
         l->opt_on |= on ? 1u << k : 0;
     }
     if (l->tls && l->starttls) {
@@ -366,7 +367,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     char *vc = NULL;
     if (opt_string(c, path, "verify_client", &vc) < 0 || opt_string(c, path, "client_ca", &l->client_ca) < 0) {
         free(vc);
-        return -1;
+        return PT_ERROR;
     }
     if (vc) {
         l->verify_client = strcmp(vc, "optional") == 0 ? 1 : strcmp(vc, "on") == 0 ? 2 : 0;
@@ -401,7 +402,7 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
     }
     char *caps = NULL;
     if (opt_words(c, path, "capabilities", &caps) < 0)
-        return -1;
+        return PT_ERROR;
     const char *dflt = global_caps[proto_index(l->proto)];
     l->capabilities = l->proto->capabilities(caps ? caps : dflt, l->auth, 0);
     if (l->starttls) /* EXTERNAL only once a certificate can be there */
@@ -418,7 +419,7 @@ static int read_pair(check_t *c, config_t *cfg, const char *path, const char *na
     if (lua_type(c->L, -1) != LUA_TTABLE)
         return fail(c, path, "expected { certificate = \"...pem\", key = \"...key\" }");
     if (name && check_keys(c, path, keys) < 0)
-        return -1;
+        return PT_ERROR;
     char *crt = NULL, *key = NULL;
     if (opt_string(c, path, "certificate", &crt) < 0 || opt_string(c, path, "key", &key) < 0 || !crt || !key) {
         free(crt);
@@ -442,7 +443,7 @@ static int read_tls(check_t *c, config_t *cfg)
     if (lua_type(L, -1) != LUA_TTABLE)
         return fail(c, "tls", "expected a table: { certificate = ..., key = ... }");
     if (check_keys(c, "tls", keys) < 0)
-        return -1;
+        return PT_ERROR;
     int n = 1;
     lua_getfield(L, -1, "certificates");
     if (lua_type(L, -1) == LUA_TTABLE) {
@@ -466,7 +467,7 @@ static int read_tls(check_t *c, config_t *cfg)
     int rc = read_pair(c, cfg, "tls", NULL);
     lua_pop(L, 1);
     if (rc < 0)
-        return -1;
+        return PT_ERROR;
     lua_getfield(L, -1, "certificates");
     if (lua_type(L, -1) == LUA_TTABLE) {
         lua_pushnil(L);
@@ -482,12 +483,12 @@ static int read_tls(check_t *c, config_t *cfg)
     }
     lua_pop(L, 1);
     if (rc < 0)
-        return -1;
+        return PT_ERROR;
     if (opt_string(c, "tls", "protocols", &cfg->tls_protocols) < 0 ||
         opt_string(c, "tls", "ciphers", &cfg->tls_ciphers) < 0 ||
         opt_string(c, "tls", "upstream_ca", &cfg->tls_upstream_ca) < 0 ||
         opt_number(c, "tls", "ticket_lifetime", &cfg->tls_ticket_lifetime, 60, 86400 * 7) < 0)
-        return -1;
+        return PT_ERROR;
     if (cfg->tls_upstream_ca) {
         char *p = config_path(cfg, cfg->tls_upstream_ca);
         free(cfg->tls_upstream_ca);
@@ -537,7 +538,7 @@ static int read_config(check_t *c, config_t *cfg)
     keys[nkeys] = NULL;
     lua_State *L = c->L;
     if (check_keys(c, "", keys) < 0)
-        return -1;
+        return PT_ERROR;
     char *level = NULL;
     double cb = (double)cfg->client_buffer, pb = (double)cfg->proxy_buffer;
     if (opt_string(c, "", "server_name", &cfg->server_name) < 0 ||
@@ -555,14 +556,14 @@ static int read_config(check_t *c, config_t *cfg)
         opt_number(c, "", "client_buffer", &cb, 1024, 16 * 1024 * 1024) < 0 ||
         opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0) {
         free(level);
-        return -1;
+        return PT_ERROR;
     }
     for (int k = 0; k < proto_setting_count() && k < PROTO_MAX_SETTINGS; k++) {
         const proto_setting_t *ps = proto_setting_at(k);
         cfg->settings[k] = ps->dflt;
         if (opt_number(c, "", ps->key, &cfg->settings[k], ps->min, ps->max) < 0) {
             free(level);
-            return -1;
+            return PT_ERROR;
         }
     }
     cfg->client_buffer = (size_t)cb;
@@ -598,7 +599,7 @@ static int read_config(check_t *c, config_t *cfg)
     lua_getfield(L, -1, "tls");
     if (!lua_isnil(L, -1) && read_tls(c, cfg) < 0) {
         lua_pop(L, 1);
-        return -1;
+        return PT_ERROR;
     }
     lua_pop(L, 1);
 
@@ -608,7 +609,7 @@ static int read_config(check_t *c, config_t *cfg)
         if (opt_words(c, "", (*p)->capabilities_key, &global_caps[nprotos]) < 0) {
             for (int k = 0; k < PROTO_MAX; k++)
                 free(global_caps[k]);
-            return -1;
+            return PT_ERROR;
         }
     lua_getfield(L, -1, "listen");
     int rc = 0;

@@ -2,9 +2,9 @@
  * or nil, message. getaddrinfo runs on libuv's thread pool; it cannot be
  * interrupted, so a timeout (or the hook going away) abandons the request
  * and its late result is dropped. */
+#include "lua_lib.h"
 #include "lua_task.h"
 #include "mem.h"
-#include "lua_lib.h"
 
 #include <lauxlib.h>
 #include <lua.h>

@@ -7,9 +7,10 @@
  * handle. Lua is resumed only from the completion drain, never from inside
  * a curl callback (curl forbids re-entering it there). */
 #include "buf.h"
-#include "mem.h"
-#include "lua_task.h"
 #include "lua_lib.h"
+#include "lua_task.h"
+#include "mem.h"
+#include "status.h"
 
 #include <curl/curl.h>
 #include <lauxlib.h>
@@ -209,10 +210,10 @@ static int ensure_multi(void)
     if (multi)
         return 0;
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0)
-        return -1;
+        return PT_ERROR;
     multi = curl_multi_init();
     if (!multi)
-        return -1;
+        return PT_ERROR;
     curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, on_socket);
     curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, on_timer_change);
     curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, 64L);

@@ -3,14 +3,13 @@
  * AUTHENTICATE with SASL-IR, STARTTLS) through the pre-auth engine; the
  * upstream side logs in to the chosen server with LOGIN or AUTHENTICATE,
  * then hands the server's tagged OK to the client under the client's tag. */
-#include "proto.h"
-
 #include "config.h"
 #include "imap_parse.h"
 #include "log.h"
 #include "login.h"
 #include "mem.h"
 #include "preauth.h"
+#include "proto.h"
 #include "sasl.h"
 #include "session.h"
 

@@ -1,10 +1,11 @@
 /* listener.c: binds every `listen` entry and hands accepted connections
  * to the session code. */
 #include "listener.h"
-#include "mem.h"
 
 #include "log.h"
+#include "mem.h"
 #include "session.h"
+#include "status.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,7 +44,7 @@ int listeners_start(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen)
             rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
         if (rc < 0) {
             snprintf(err, errlen, "listen[%d]: cannot listen on %s: %s", i + 1, l->conf->address, uv_strerror(rc));
-            return -1;
+            return PT_ERROR;
         }
         log_msg(LL_INFO, "listening on %s (%s)", l->conf->address, l->conf->proto->name);
     }

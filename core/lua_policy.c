@@ -11,6 +11,7 @@
 #include "mem.h"
 #include "sasl.h"
 #include "session.h"
+#include "status.h"
 #include "tls.h"
 
 #include <lauxlib.h>
@@ -184,7 +185,7 @@ static int read_upstreams(lua_State *L, int idx, upstream_t **out, int *n, char 
     int count = single ? 1 : (int)lua_objlen(L, idx);
     if (count == 0) {
         snprintf(err, errlen, "upstream: expected { host = ..., port = ... } or a list of them");
-        return -1;
+        return PT_ERROR;
     }
     if (count > 64)
         count = 64;
@@ -207,7 +208,7 @@ static int read_upstreams(lua_State *L, int idx, upstream_t **out, int *n, char 
         }
         if (rc < 0) {
             upstreams_free(u, count);
-            return -1;
+            return PT_ERROR;
         }
     }
     *out = u;

@@ -3,8 +3,6 @@
  * the shared SASL mechanisms, NOOP, RSET, QUIT, STLS) through the pre-auth
  * engine; the upstream side logs in with USER/PASS, APOP (when the client
  * used it) or AUTH, then passes the server's +OK to the client and relays. */
-#include "proto.h"
-
 #include "buf.h"
 #include "config.h"
 #include "log.h"
@@ -12,6 +10,7 @@
 #include "mem.h"
 #include "pop3_parse.h"
 #include "preauth.h"
+#include "proto.h"
 #include "sasl.h"
 #include "session.h"
 

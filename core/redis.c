@@ -8,9 +8,9 @@
  * reply would block all later ones) and the next call reconnects.
  * hiredis 0.14's own libuv adapter ignores poll errors (a refused
  * connection would hang for ever), so the adapter is here, fixed. */
+#include "lua_lib.h"
 #include "lua_task.h"
 #include "mem.h"
-#include "lua_lib.h"
 
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>

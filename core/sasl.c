@@ -1,8 +1,8 @@
 /* sasl.c: SASL mechanisms over base64, MD5 and HMAC from mbedTLS. */
 #include "sasl.h"
-#include "mem.h"
 
 #include "config.h"
+#include "mem.h"
 
 #include <mbedtls/base64.h>
 #include <mbedtls/md.h>
@@ -145,7 +145,7 @@ static int parse_bearer_kv(const char *p, const char *end, credentials_t *cred, 
     while (p < end) {
         const char *e = memchr(p, '\x01', (size_t)(end - p));
         if (!e)
-            return -1;
+            return PT_ERROR;
         if (e - p >= 5 && strncmp(p, "user=", 5) == 0)
             set(&cred->user, p + 5, (size_t)(e - p - 5));
         else if (e - p >= 12 && strncasecmp(p, "auth=Bearer ", 12) == 0) {
@@ -157,10 +157,10 @@ static int parse_bearer_kv(const char *p, const char *end, credentials_t *cred, 
             break;
     }
     if (!token || tlen == 0)
-        return -1;
+        return PT_ERROR;
     if (!cred->user || !cred->user[0]) {
         if (need_user)
-            return -1;
+            return PT_ERROR;
         set(&cred->user, "", 0); /* the policy finds the user from the token */
     }
     set(&cred->password, token, tlen);
@@ -172,24 +172,24 @@ static int oauthbearer(const char *msg, size_t n, credentials_t *cred)
     /* gs2-header: "n,a=user," or "y,a=user," or "n,," (no authzid) */
     const char *end = msg + n;
     if (n < 3 || (msg[0] != 'n' && msg[0] != 'y') || msg[1] != ',')
-        return -1;
+        return PT_ERROR;
     const char *p = msg + 2;
     const char *comma = memchr(p, ',', (size_t)(end - p));
     if (!comma)
-        return -1;
+        return PT_ERROR;
     if (comma - p >= 2 && strncmp(p, "a=", 2) == 0) {
         /* saslname: "=2C" is ",", "=3D" is "=" */
         char user[1100];
         size_t u = 0;
         for (const char *q = p + 2; q < comma; q++) {
             if (u >= 1024)
-                return -1; /* longer than any credential we accept */
+                return PT_ERROR; /* longer than any credential we accept */
             if (*q == '=' && comma - q >= 3 && strncmp(q, "=2C", 3) == 0)
                 user[u++] = ',', q += 2;
             else if (*q == '=' && comma - q >= 3 && strncmp(q, "=3D", 3) == 0)
                 user[u++] = '=', q += 2;
             else if (*q == '=')
-                return -1; /* RFC 5801 saslname: only =2C and =3D */
+                return PT_ERROR; /* RFC 5801 saslname: only =2C and =3D */
             else
                 user[u++] = *q;
         }
@@ -197,7 +197,7 @@ static int oauthbearer(const char *msg, size_t n, credentials_t *cred)
     }
     p = comma + 1;
     if (p >= end || *p != '\x01')
-        return -1;
+        return PT_ERROR;
     /* RFC 7628 3.1: the authzid is optional */
     return parse_bearer_kv(p + 1, end, cred, false);
 }
@@ -424,15 +424,15 @@ int sasl_plain_split(const char *msg, size_t len, const char **authzid, const ch
 {
     const char *nul1 = memchr(msg, '\0', len);
     if (!nul1)
-        return -1;
+        return PT_ERROR;
     const char *rest = nul1 + 1;
     size_t restlen = len - (size_t)(rest - msg);
     const char *nul2 = memchr(rest, '\0', restlen);
     if (!nul2 || nul2 == rest || nul2 + 1 == msg + len) /* RFC 4616: authcid and passwd are 1*SAFE */
-        return -1;
+        return PT_ERROR;
     /* A third NUL would hide bytes after the password: reject it. */
     if (memchr(nul2 + 1, '\0', len - (size_t)(nul2 + 1 - msg)))
-        return -1;
+        return PT_ERROR;
     *authzid = msg;
     *authcid = rest;
     *passwd = nul2 + 1;

@@ -6,13 +6,12 @@
  * STARTTLS when asked, logs in with AUTHENTICATE "PLAIN" and its initial
  * response (as Dovecot's managesieve-login proxy does) and hands the
  * server's OK to the client. */
-#include "proto.h"
-
 #include "config.h"
 #include "log.h"
 #include "login.h"
 #include "mem.h"
 #include "preauth.h"
+#include "proto.h"
 #include "sasl.h"
 #include "session.h"
 #include "sieve_parse.h"

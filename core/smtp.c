@@ -6,14 +6,13 @@
  * or AUTH, replays MAIL and RCPT in the no-auth case, and hands over to
  * the relay: DATA and everything after it pass through unchanged, in the
  * order the client sent them. */
-#include "proto.h"
-
 #include "buf.h"
 #include "config.h"
 #include "log.h"
 #include "login.h"
 #include "mem.h"
 #include "preauth.h"
+#include "proto.h"
 #include "sasl.h"
 #include "session.h"
 #include "smtp_parse.h"

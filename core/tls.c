@@ -3,9 +3,9 @@
  * fed in, ciphertext to send collects in an output buffer the caller
  * flushes, so the event loop never blocks on TLS. */
 #include "tls.h"
-#include "mem.h"
 
 #include "buf.h"
+#include "mem.h"
 
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
