@@ -420,7 +420,6 @@ static void login_reply(login_t *l, const char *line, size_t len, const char *re
 static void imap_login_line(login_t *l, const char *line, size_t len)
 {
     imap_state_t *st = l->p.pstate;
-    char why[300];
     switch (st->ustate) {
     case U_GREETING:
         if (starts(line, len, "* OK") && login_wants_starttls(l)) {
@@ -447,9 +446,7 @@ static void imap_login_line(login_t *l, const char *line, size_t len)
             login_ready(l, ok, strlen(ok));
             free(ok);
         } else {
-            snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
-                     line);
-            login_fail(l, why);
+            login_fail_line(l, "upstream sent an unexpected greeting", line, len);
         }
         return;
     case U_STARTTLS:

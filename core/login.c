@@ -53,6 +53,13 @@ void login_fail(login_t *l, const char *why)
         l->p.ev->failed(l->p.owner, why);
 }
 
+void login_fail_line(login_t *l, const char *what, const char *line, size_t len)
+{
+    char why[200];
+    snprintf(why, sizeof why, "%s: \"%.*s\"", what, (int)(len > 100 ? 100 : len), line);
+    login_fail(l, why);
+}
+
 void login_ready(login_t *l, const char *reply, size_t len)
 {
     login_forget_pending(l);

@@ -95,6 +95,8 @@ void login_starttls(login_t *l);               /* after the upstream's OK to STA
 void login_ready(login_t *l, const char *reply, size_t len);
 void login_refused(login_t *l, const char *reply, size_t len, const char *log_text);
 void login_fail(login_t *l, const char *why);
+/* Fails with "<what>: "<the upstream's line>"" (cut to 100 bytes). */
+void login_fail_line(login_t *l, const char *what, const char *line, size_t len);
 void login_log(login_t *l, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 
 static task_t *tasks;
-static int ntasks;
 static bool standalone;
 static uv_loop_t *the_loop;
 static const char tasks_key = 0; /* its address: the registry key of the coroutine -> task table */
@@ -31,11 +30,6 @@ void task_standalone(void)
 uv_loop_t *task_loop(void)
 {
     return the_loop ? the_loop : uv_default_loop();
-}
-
-int task_count(void)
-{
-    return ntasks;
 }
 
 task_t *task_first(void)
@@ -89,7 +83,6 @@ void task_init(task_t *t, lua_State *L)
     if (tasks)
         tasks->prev = t;
     tasks = t;
-    ntasks++;
 }
 
 void task_release(task_t *t)
@@ -112,7 +105,6 @@ void task_release(task_t *t)
         tasks = t->next;
     if (t->next)
         t->next->prev = t->prev;
-    ntasks--;
 }
 
 void task_resume(task_t *t, int nargs)

@@ -62,7 +62,6 @@ void task_resume(task_t *t, int nargs);
 /* The owner is done with it: its wait (if any) is cancelled, the
  * coroutine unanchored and never resumed again. */
 void task_release(task_t *t);
-int task_count(void);
 task_t *task_first(void);    /* all tasks, linked by next */
 
 /* The task running the calling coroutine, or NULL. */

@@ -305,10 +305,7 @@ static void pop3_login_line(login_t *l, const char *line, size_t len)
         } else if (ok) {
             start_login(l, line, len);
         } else {
-            char why[200];
-            snprintf(why, sizeof why, "upstream sent an unexpected greeting: \"%.*s\"", (int)(len > 100 ? 100 : len),
-                     line);
-            login_fail(l, why);
+            login_fail_line(l, "upstream sent an unexpected greeting", line, len);
         }
         return;
     case U_STLS:

@@ -257,13 +257,6 @@ static void send_authenticate(login_t *l)
     str_wipe_free(&b64);
 }
 
-static void unexpected(login_t *l, const char *what, const char *line, size_t len)
-{
-    char why[200];
-    snprintf(why, sizeof why, "%s: \"%.*s\"", what, (int)(len > 100 ? 100 : len), line);
-    login_fail(l, why);
-}
-
 static void sieve_login_line(login_t *l, const char *line, size_t len)
 {
     sieve_state_t *st = l->p.pstate;
@@ -279,14 +272,14 @@ static void sieve_login_line(login_t *l, const char *line, size_t len)
         } else if (ok) {
             send_authenticate(l);
         } else if (no || bye) {
-            unexpected(l, "upstream sent an unexpected greeting", line, len);
+            login_fail_line(l, "upstream sent an unexpected greeting", line, len);
         }
         return;
     case U_STARTTLS:
         if (ok)
             login_starttls(l);
         else /* never falls back to plaintext */
-            unexpected(l, "upstream refused STARTTLS", line, len);
+            login_fail_line(l, "upstream refused STARTTLS", line, len);
         return;
     case U_AUTH:
         if (ok) {
@@ -298,7 +291,7 @@ static void sieve_login_line(login_t *l, const char *line, size_t len)
             login_refused(l, reply, strlen(reply), line);
             free(reply);
         } else if (bye) {
-            unexpected(l, "upstream closed the login", line, len);
+            login_fail_line(l, "upstream closed the login", line, len);
         } else if (len > 0 && (line[0] == '"' || line[0] == '{')) {
             /* a challenge: only an OAuth failure asks one here; the refusal follows the dummy answer */
             const char *dummy = login_oauth_dummy(l);

@@ -565,14 +565,6 @@ static void upstream_refused(login_t *l, const char *line, size_t len)
     free(reply);
 }
 
-/* Fails the login with "<what>: "<the upstream's line>"". */
-static void unexpected(login_t *l, const char *what, const char *line, size_t len)
-{
-    char why[200];
-    snprintf(why, sizeof why, "%s: \"%.*s\"", what, (int)(len > 100 ? 100 : len), line);
-    login_fail(l, why);
-}
-
 /* One whole reply: its code and last line (earlier lines were parsed). */
 static void upstream_reply(login_t *l, int code, const char *line, size_t len)
 {
@@ -580,7 +572,7 @@ static void upstream_reply(login_t *l, int code, const char *line, size_t len)
     switch (st->ustate) {
     case U_GREETING:
         if (code != 220) {
-            unexpected(l, "upstream greeting", line, len);
+            login_fail_line(l, "upstream greeting", line, len);
             return;
         }
         st->ustate = U_EHLO;
@@ -596,14 +588,14 @@ static void upstream_reply(login_t *l, int code, const char *line, size_t len)
         /* fall through */
     case U_XCLIENT_EHLO:
         if (code != 250) {
-            unexpected(l, "upstream refused EHLO", line, len);
+            login_fail_line(l, "upstream refused EHLO", line, len);
             return;
         }
         after_ehlo(l);
         return;
     case U_HELO:
         if (code != 250) {
-            unexpected(l, "upstream refused EHLO and HELO", line, len);
+            login_fail_line(l, "upstream refused EHLO and HELO", line, len);
             return;
         }
         st->ustate = U_EHLO;
@@ -611,14 +603,14 @@ static void upstream_reply(login_t *l, int code, const char *line, size_t len)
         return;
     case U_STARTTLS:
         if (code != 220) {
-            unexpected(l, "upstream refused STARTTLS", line, len);
+            login_fail_line(l, "upstream refused STARTTLS", line, len);
             return;
         }
         login_starttls(l);
         return;
     case U_XCLIENT:
         if (code != 220 && code != 250) {
-            unexpected(l, "upstream refused XCLIENT", line, len);
+            login_fail_line(l, "upstream refused XCLIENT", line, len);
             return;
         }
         /* XCLIENT starts a new session: greet again, with the client's name */
