@@ -47,9 +47,21 @@ static void fail(conn_t *c, const char *why, const char *detail)
     h->error(c, why);
 }
 
+/* The same, for a failure of the TLS layer itself (not of the socket). */
+static void fail_tls(conn_t *c, const char *why, const char *detail)
+{
+    c->tls_failed = true;
+    fail(c, why, detail);
+}
+
 const char *conn_error_detail(const conn_t *c)
 {
     return c->detail;
+}
+
+bool conn_failed_in_tls(const conn_t *c)
+{
+    return c->tls_failed;
 }
 
 void conn_init(conn_t *c, uv_loop_t *loop)
@@ -116,16 +128,21 @@ int conn_local(conn_t *c, char *ip, size_t iplen, int *port)
 
 /* ---- writing ---- */
 
-static void write_done(uv_write_t *req, int status)
+static void write_req_free(write_req_t *w)
 {
-    write_req_t *w = (write_req_t *)req;
-    conn_t *c = w->c;
-    c->queued -= w->len;
     if (w->data == w->copy)
         explicit_bzero(w->copy, w->len);
     else
         free(w->data);
     free(w);
+}
+
+static void write_done(uv_write_t *req, int status)
+{
+    write_req_t *w = (write_req_t *)req;
+    conn_t *c = w->c;
+    c->queued -= w->len;
+    write_req_free(w);
     if (c->closing || !c->h)
         return;
     if (status < 0) {
@@ -145,9 +162,7 @@ static int queue(conn_t *c, write_req_t *w)
     int rc = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, write_done);
     if (rc < 0) {
         c->queued -= w->len;
-        if (w->data != w->copy)
-            free(w->data);
-        free(w);
+        write_req_free(w);
         snprintf(c->detail, sizeof c->detail, "%s", uv_err_name(rc));
         return PT_ERROR;
     }
@@ -262,7 +277,7 @@ static void tls_progress(conn_t *c)
             return;
         }
         if (rc != PT_OK) {
-            fail(c, "TLS handshake failed", tls_error(c->tls));
+            fail_tls(c, "TLS handshake failed", tls_error(c->tls));
             return;
         }
         c->tls_up = true;
@@ -316,7 +331,7 @@ static void deliver(conn_t *c)
                 c->eof_seen = true;
                 tell_eof(c);
             } else {
-                fail(c, "TLS error", tls_error(c->tls));
+                fail_tls(c, "TLS error", tls_error(c->tls));
             }
             break;
         }
@@ -358,7 +373,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 void conn_tls_input(conn_t *c, const char *data, size_t len)
 {
     if (tls_feed(c->tls, data, len) < 0) {
-        fail(c, "TLS input too large", NULL);
+        fail_tls(c, "TLS input too large", NULL);
         return;
     }
     tls_progress(c);

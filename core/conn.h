@@ -58,6 +58,7 @@ struct conn {
     bool eof_seen;              /* the socket said EOF (TLS: deliver what is left, then eof) */
     bool eof_told;              /* the handler heard it */
     bool shut;                  /* conn_shutdown called */
+    bool tls_failed;            /* the last failure was the TLS layer's */
     bool closing;
     /* one zero-copy write at a time (conn_write_ref) */
     uv_write_t zreq;
@@ -113,5 +114,8 @@ void conn_close(conn_t *c);
 
 /* The long form of the last error (TLS's message), or "". */
 const char *conn_error_detail(const conn_t *c);
+/* The last failure was the TLS layer's (handshake, record, input too
+ * large), not the socket's. */
+bool conn_failed_in_tls(const conn_t *c);
 
 #endif

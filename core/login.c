@@ -229,7 +229,7 @@ static void on_error(conn_t *c, const char *why)
 {
     login_t *l = c->data;
     char text[400];
-    if (strncmp(why, "TLS", 3) == 0) /* never falls back to plaintext: the next upstream, or a temporary failure */
+    if (conn_failed_in_tls(c)) /* never falls back to plaintext: the next upstream, or a temporary failure */
         snprintf(text, sizeof text, "TLS with the upstream failed: %s", conn_error_detail(c));
     else
         snprintf(text, sizeof text, "upstream %s during login", why);

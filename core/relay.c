@@ -17,7 +17,6 @@
 #include "status.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 #define QUEUE_HIGH (256 * 1024)
 #define QUEUE_LOW (64 * 1024)
@@ -90,7 +89,7 @@ static void dir_failed(relay_dir_t *d, const conn_t *c, const char *why)
 {
     relay_t *r = d->r;
     bool client = c == r->up.src;
-    if (strcmp(why, "TLS error") == 0 || strcmp(why, "TLS input too large") == 0)
+    if (conn_failed_in_tls(c))
         finish(r, why, c);
     else
         finish(r, client ? "client connection error" : "upstream connection error", NULL);

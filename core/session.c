@@ -769,7 +769,8 @@ static void login_no(void *owner, const char *reply, size_t len, const char *log
     back_to_preauth(s);
 }
 
-static void login_failed(void *owner, const char *why)
+/* The upstream could not be reached, or its login went wrong (not a refusal). */
+static void up_failed(void *owner, const char *why)
 {
     upstream_failed(owner, why);
 }
@@ -780,7 +781,7 @@ static void login_log_line(void *owner, int level, const char *msg)
 }
 
 static const login_events_t login_events = {
-    .ready = login_ok, .refused = login_no, .failed = login_failed, .log = login_log_line,
+    .ready = login_ok, .refused = login_no, .failed = up_failed, .log = login_log_line,
 };
 
 static void up_connected(void *owner, conn_t *c)
@@ -814,11 +815,6 @@ static void up_connected(void *owner, conn_t *c)
     };
     s->login = login_new(c, &p);
     login_begin(s->login);
-}
-
-static void up_failed(void *owner, const char *why)
-{
-    upstream_failed(owner, why);
 }
 
 static const upstream_events_t upstream_events = { .connected = up_connected, .failed = up_failed };
