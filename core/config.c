@@ -393,8 +393,10 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
             snprintf(kp, sizeof kp, "%s.%s", path, l->tls ? "tls" : "starttls");
             return fail(c, kp, "needs a certificate: set tls = { certificate = ..., key = ... }");
         }
-        tls_server_conf_t tc = { cfg->tls_certs, cfg->ntls_certs, cfg->tls_protocols, cfg->tls_ciphers,
-                                 l->client_ca, l->verify_client, cfg->tls_ticket_lifetime, l->proto->alpn };
+        tls_server_conf_t tc = { .certs = cfg->tls_certs, .ncerts = cfg->ntls_certs, .protocols = cfg->tls_protocols,
+                                 .ciphers = cfg->tls_ciphers, .curves = cfg->tls_curves, .client_ca = l->client_ca,
+                                 .verify_client = l->verify_client, .ticket_lifetime = cfg->tls_ticket_lifetime,
+                                 .alpn = l->proto->alpn };
         char err[600];
         l->tls_server = tls_server_new(&tc, err, sizeof err);
         if (!l->tls_server)
@@ -438,7 +440,7 @@ static int read_pair(check_t *c, config_t *cfg, const char *path, const char *na
 static int read_tls(check_t *c, config_t *cfg)
 {
     static const char *const keys[] = { "certificate", "key", "certificates", "protocols", "ciphers",
-                                        "upstream_ca", "ticket_lifetime", NULL };
+                                        "curves", "upstream_ca", "ticket_lifetime", NULL };
     lua_State *L = c->L;
     if (lua_type(L, -1) != LUA_TTABLE)
         return fail(c, "tls", "expected a table: { certificate = ..., key = ... }");
@@ -486,6 +488,7 @@ static int read_tls(check_t *c, config_t *cfg)
         return PT_ERROR;
     if (opt_string(c, "tls", "protocols", &cfg->tls_protocols) < 0 ||
         opt_string(c, "tls", "ciphers", &cfg->tls_ciphers) < 0 ||
+        opt_string(c, "tls", "curves", &cfg->tls_curves) < 0 ||
         opt_string(c, "tls", "upstream_ca", &cfg->tls_upstream_ca) < 0 ||
         opt_number(c, "tls", "ticket_lifetime", &cfg->tls_ticket_lifetime, 60, 86400 * 7) < 0)
         return PT_ERROR;
@@ -703,6 +706,7 @@ void config_free(config_t *cfg)
     free(cfg->tls_certs);
     free(cfg->tls_protocols);
     free(cfg->tls_ciphers);
+    free(cfg->tls_curves);
     free(cfg->tls_upstream_ca);
     tls_client_free(cfg->tls_client);
     free(cfg->listen);

@@ -65,7 +65,7 @@ typedef struct config {
     /* tls = { ... } */
     struct tls_cert_conf *tls_certs; /* [0] the default (certificate, key), then by SNI name */
     int ntls_certs;
-    char *tls_protocols, *tls_ciphers, *tls_upstream_ca;
+    char *tls_protocols, *tls_ciphers, *tls_curves, *tls_upstream_ca;
     double tls_ticket_lifetime;
     struct tls_client *tls_client;   /* towards upstreams: made on first use */
 } config_t;

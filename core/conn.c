@@ -262,31 +262,94 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     *b = uv_buf_init(p, p ? (unsigned)room : 0);
 }
 
+/* ---- the handshake, on libuv's thread pool ----
+ *
+ * A full handshake step costs milliseconds of public-key crypto with
+ * mbedTLS 2.28 (ECDHE, the signature), during which a loop that ran it
+ * would serve nobody. So each step runs on a pool thread: reading stops
+ * while it runs (nothing else touches the TLS context then), the output
+ * is flushed and reading resumes when it is back on the loop. mbedTLS is
+ * built with MBEDTLS_THREADING_C: the shared random generator, session
+ * cache and ticket keys lock; configs and certificates are only read. */
+
+typedef struct hs_job {
+    uv_work_t req;
+    conn_t *c;
+    int rc;
+} hs_job_t;
+
+static void finish_close(conn_t *c);
+
+static void hs_run(uv_work_t *req)
+{
+    hs_job_t *j = req->data;
+    j->rc = tls_handshake(j->c->tls);
+}
+
+static void hs_step_done(conn_t *c, int rc)
+{
+    if (flush_tls(c) < 0) {
+        fail(c, "write failed", NULL);
+        return;
+    }
+    if (rc == PT_AGAIN) {
+        if (c->eof_seen) /* gone in the middle of the handshake */
+            tell_eof(c);
+        else if (c->hs_resume)
+            conn_read_start(c);
+        return;
+    }
+    if (rc != PT_OK) {
+        fail_tls(c, "TLS handshake failed", tls_error(c->tls));
+        return;
+    }
+    c->tls_up = true;
+    if (c->h && c->h->tls_ready)
+        c->h->tls_ready(c);
+    if (c->closing || !c->h)
+        return;
+    if (c->hs_resume)
+        conn_read_start(c); /* delivers what arrived with the last flight, too */
+    else
+        deliver(c);
+}
+
+static void hs_after(uv_work_t *req, int status)
+{
+    hs_job_t *j = req->data;
+    conn_t *c = j->c;
+    int rc = status < 0 ? PT_ERROR : j->rc;
+    free(j);
+    c->hs_busy = false;
+    if (c->close_deferred) {
+        finish_close(c);
+        return;
+    }
+    if (c->closing || !c->h)
+        return;
+    hs_step_done(c, rc);
+}
+
 /* The handshake, then the plaintext, after new ciphertext. */
 static void tls_progress(conn_t *c)
 {
-    if (!c->tls_up) {
-        int rc = tls_handshake(c->tls);
-        if (flush_tls(c) < 0) {
-            fail(c, "write failed", NULL);
-            return;
-        }
-        if (rc == PT_AGAIN) {
-            if (c->eof_seen) /* gone in the middle of the handshake */
-                tell_eof(c);
-            return;
-        }
-        if (rc != PT_OK) {
-            fail_tls(c, "TLS handshake failed", tls_error(c->tls));
-            return;
-        }
-        c->tls_up = true;
-        if (c->h && c->h->tls_ready)
-            c->h->tls_ready(c);
-        if (c->closing || !c->h)
-            return;
+    if (c->tls_up) {
+        deliver(c);
+        return;
     }
-    deliver(c);
+    if (c->hs_busy) /* the running step reads what was fed */
+        return;
+    hs_job_t *j = xmalloc(sizeof *j);
+    j->req.data = j;
+    j->c = c;
+    c->hs_resume = c->reading;
+    conn_read_stop(c);
+    if (uv_queue_work(c->tcp.loop, &j->req, hs_run, hs_after) != 0) {
+        free(j);
+        hs_step_done(c, tls_handshake(c->tls)); /* cannot happen with a live loop: do it here */
+        return;
+    }
+    c->hs_busy = true;
 }
 
 /* Decrypts into the handler's buffer while it has room. A call from
@@ -372,6 +435,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
 
 void conn_tls_input(conn_t *c, const char *data, size_t len)
 {
+    /* never while a handshake step runs: reading is stopped then, and the
+     * owner feeds only what it read before starting TLS */
     if (tls_feed(c->tls, data, len) < 0) {
         fail_tls(c, "TLS input too large", NULL);
         return;
@@ -383,6 +448,10 @@ void conn_read_start(conn_t *c)
 {
     if (c->closing || !c->h)
         return;
+    if (c->hs_busy) { /* a handshake step owns the TLS context: read when it is back */
+        c->hs_resume = true;
+        return;
+    }
     if (c->tls && c->tls_up && (tls_pending(c->tls) || (c->eof_seen && !c->eof_told)))
         deliver(c);
     if (c->closing || c->reading || c->eof_seen)
@@ -393,6 +462,8 @@ void conn_read_start(conn_t *c)
 
 void conn_read_stop(conn_t *c)
 {
+    if (c->hs_busy)
+        c->hs_resume = false;
     if (!c->reading)
         return;
     uv_read_stop((uv_stream_t *)&c->tcp);
@@ -472,15 +543,24 @@ int conn_shutdown(conn_t *c, void (*done)(conn_t *c))
     return PT_OK;
 }
 
-static void on_close(uv_handle_t *h)
+static void finish_close(conn_t *c)
 {
-    conn_t *c = h->data;
     tls_conn_free(c->tls);
     c->tls = NULL;
     free(c->raw);
     c->raw = NULL;
     if (c->closed)
         c->closed(c);
+}
+
+static void on_close(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    if (c->hs_busy) { /* a pool thread still uses the TLS context: hs_after finishes */
+        c->close_deferred = true;
+        return;
+    }
+    finish_close(c);
 }
 
 void conn_close(conn_t *c)

@@ -60,6 +60,9 @@ struct conn {
     bool shut;                  /* conn_shutdown called */
     bool tls_failed;            /* the last failure was the TLS layer's */
     bool closing;
+    bool hs_busy;               /* a handshake step runs on the thread pool */
+    bool hs_resume;             /* read again when it is back */
+    bool close_deferred;        /* closed meanwhile: finish when it is back */
     /* one zero-copy write at a time (conn_write_ref) */
     uv_write_t zreq;
     bool zbusy;

@@ -7,6 +7,7 @@
 #include "buf.h"
 #include "mem.h"
 
+#include <mbedtls/aesni.h>
 #include <mbedtls/ctr_drbg.h>
 #include <mbedtls/entropy.h>
 #include <mbedtls/error.h>
@@ -34,6 +35,11 @@
 static mbedtls_entropy_context entropy;
 static mbedtls_ctr_drbg_context drbg;
 static int global_ready;
+static mbedtls_ecp_group_id *default_curves; /* see "preferences" below */
+static int *default_ciphers;
+
+static mbedtls_ecp_group_id *curves_default(void);
+static int *ciphers_default(void);
 
 typedef struct tls_cert {
     char *name;
@@ -50,6 +56,7 @@ struct tls_server {
     mbedtls_ssl_cache_context cache;
     mbedtls_ssl_ticket_context ticket;
     int *ciphers;
+    mbedtls_ecp_group_id *curves;
     char alpn_id[16];
     const char *alpn[2];      /* mbedTLS keeps a pointer to this list */
 };
@@ -87,6 +94,8 @@ int tls_global_init(void)
     mbedtls_ctr_drbg_init(&drbg);
     if (mbedtls_ctr_drbg_seed(&drbg, mbedtls_entropy_func, &entropy, (const unsigned char *)"postern", 7) != 0)
         return -1;
+    default_curves = curves_default();
+    default_ciphers = ciphers_default();
     global_ready = 1;
     return 0;
 }
@@ -97,6 +106,10 @@ void tls_global_free(void)
         return;
     mbedtls_ctr_drbg_free(&drbg);
     mbedtls_entropy_free(&entropy);
+    free(default_curves);
+    free(default_ciphers);
+    default_curves = NULL;
+    default_ciphers = NULL;
     global_ready = 0;
 }
 
@@ -198,6 +211,125 @@ static int *parse_ciphers(const char *list, char *err, size_t errlen)
     return ids;
 }
 
+/* ---- preferences ----
+ *
+ * mbedTLS 2.28 prefers secp521r1 for ECDHE and ChaCha20 over AES-GCM;
+ * both cost this proxy most of a handshake's CPU (an ECDH on secp521r1
+ * is several times one on P-256, and AES-GCM runs on AES-NI). The server
+ * chooses by its own preference, so these lists decide. */
+
+/* The curves in order of preference when tls.curves is not set: the
+ * fast ones first, every one mbedTLS offers after them (an upstream or a
+ * client with only brainpool curves is still served). */
+static const mbedtls_ecp_group_id curves_preferred[] = {
+    MBEDTLS_ECP_DP_CURVE25519, MBEDTLS_ECP_DP_SECP256R1, MBEDTLS_ECP_DP_SECP384R1, MBEDTLS_ECP_DP_SECP521R1,
+};
+
+static mbedtls_ecp_group_id *curves_default(void)
+{
+    size_t np = sizeof curves_preferred / sizeof curves_preferred[0], n = 0;
+    const mbedtls_ecp_group_id *all = mbedtls_ecp_grp_id_list();
+    size_t nall = 0;
+    while (all[nall] != MBEDTLS_ECP_DP_NONE)
+        nall++;
+    mbedtls_ecp_group_id *list = xcalloc(np + nall + 1, sizeof *list);
+    for (size_t i = 0; i < np; i++)
+        for (size_t j = 0; j < nall; j++)
+            if (all[j] == curves_preferred[i])
+                list[n++] = curves_preferred[i];
+    for (size_t j = 0; j < nall; j++) {
+        bool seen = false;
+        for (size_t i = 0; i < n; i++)
+            seen = seen || list[i] == all[j];
+        if (!seen)
+            list[n++] = all[j];
+    }
+    list[n] = MBEDTLS_ECP_DP_NONE;
+    return list;
+}
+
+/* nginx's ssl_ecdh_curve names (OpenSSL's) and mbedTLS's own. */
+static const struct {
+    const char *alias, *name;
+} curve_aliases[] = {
+    { "X25519", "x25519" }, { "X448", "x448" },          { "prime256v1", "secp256r1" },
+    { "P-256", "secp256r1" }, { "P-384", "secp384r1" }, { "P-521", "secp521r1" },
+};
+
+/* "X25519:prime256v1" → a list for mbedtls_ssl_conf_curves; "auto":
+ * the default order. */
+static mbedtls_ecp_group_id *parse_curves(const char *text, char *err, size_t errlen)
+{
+    if (strcasecmp(text, "auto") == 0)
+        return curves_default();
+    mbedtls_ecp_group_id *list = xcalloc(64, sizeof *list);
+    int n = 0;
+    char *copy = xstrdup(text), *save = NULL;
+    for (char *w = strtok_r(copy, ": ,", &save); w && n < 63; w = strtok_r(NULL, ": ,", &save)) {
+        const char *name = w;
+        for (size_t i = 0; i < sizeof curve_aliases / sizeof curve_aliases[0]; i++)
+            if (strcasecmp(w, curve_aliases[i].alias) == 0)
+                name = curve_aliases[i].name;
+        const mbedtls_ecp_curve_info *info = NULL;
+        for (const mbedtls_ecp_curve_info *ci = mbedtls_ecp_curve_list(); ci->grp_id != MBEDTLS_ECP_DP_NONE; ci++)
+            if (strcasecmp(ci->name, name) == 0)
+                info = ci;
+        if (!info) {
+            snprintf(err, errlen, "unknown curve \"%s\" (known: X25519, prime256v1, secp384r1, secp521r1, "
+                                  "brainpoolP256r1, ...)", w);
+            free(copy);
+            free(list);
+            return NULL;
+        }
+        list[n++] = info->grp_id;
+    }
+    free(copy);
+    if (n == 0) {
+        snprintf(err, errlen, "no curve named");
+        free(list);
+        return NULL;
+    }
+    list[n] = MBEDTLS_ECP_DP_NONE;
+    return list;
+}
+
+/* The rank of a suite when tls.ciphers is not set: forward secrecy with
+ * an AEAD first, AES-GCM before ChaCha20 where the CPU has AES
+ * instructions (the reverse without), 128-bit keys before 256 (as fast
+ * to break as the ECDHE that carries them); mbedTLS's order otherwise. */
+static int cipher_rank(int id, bool aes_fast)
+{
+    const mbedtls_ssl_ciphersuite_t *cs = mbedtls_ssl_ciphersuite_from_id(id);
+    if (!cs)
+        return 9;
+    bool ecdhe = cs->key_exchange == MBEDTLS_KEY_EXCHANGE_ECDHE_ECDSA ||
+                 cs->key_exchange == MBEDTLS_KEY_EXCHANGE_ECDHE_RSA;
+    bool gcm = cs->cipher == MBEDTLS_CIPHER_AES_128_GCM || cs->cipher == MBEDTLS_CIPHER_AES_256_GCM;
+    bool chacha = cs->cipher == MBEDTLS_CIPHER_CHACHA20_POLY1305;
+    if (!ecdhe || (!gcm && !chacha))
+        return 9;
+    if (gcm)
+        return (aes_fast ? 0 : 2) + (cs->cipher == MBEDTLS_CIPHER_AES_256_GCM);
+    return aes_fast ? 2 : 0;
+}
+
+static int *ciphers_default(void)
+{
+    bool aes_fast = mbedtls_aesni_has_support(MBEDTLS_AESNI_AES);
+    const int *all = mbedtls_ssl_list_ciphersuites();
+    size_t n = 0;
+    while (all[n])
+        n++;
+    int *list = xcalloc(n + 1, sizeof *list);
+    size_t k = 0;
+    for (int rank = 0; rank <= 9; rank++) /* stable: mbedTLS's order within a rank */
+        for (size_t i = 0; i < n; i++)
+            if (cipher_rank(all[i], aes_fast) == rank)
+                list[k++] = all[i];
+    list[k] = 0;
+    return list;
+}
+
 tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen)
 {
     if (tls_global_init() < 0) {
@@ -237,12 +369,12 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
         snprintf(err, errlen, "protocols: only TLSv1.2 (and TLSv1.3, not yet in this mbedTLS) are offered");
         goto bad;
     }
-    if (c->ciphers) {
-        s->ciphers = parse_ciphers(c->ciphers, err, errlen);
-        if (!s->ciphers)
-            goto bad;
-        mbedtls_ssl_conf_ciphersuites(&s->conf, s->ciphers);
-    }
+    if (c->ciphers && !(s->ciphers = parse_ciphers(c->ciphers, err, errlen)))
+        goto bad;
+    mbedtls_ssl_conf_ciphersuites(&s->conf, s->ciphers ? s->ciphers : default_ciphers);
+    if (c->curves && !(s->curves = parse_curves(c->curves, err, errlen)))
+        goto bad;
+    mbedtls_ssl_conf_curves(&s->conf, s->curves ? s->curves : default_curves);
     if (mbedtls_ssl_conf_own_cert(&s->conf, &s->certs[0].crt, &s->certs[0].key) != 0) {
         snprintf(err, errlen, "cannot use the certificate");
         goto bad;
@@ -296,6 +428,7 @@ void tls_server_unref(tls_server_t *s)
     mbedtls_ssl_cache_free(&s->cache);
     mbedtls_ssl_ticket_free(&s->ticket);
     free(s->ciphers);
+    free(s->curves);
     free(s);
 }
 
@@ -339,6 +472,8 @@ static void client_confs(tls_client_t *c, mbedtls_ssl_config *verify, mbedtls_ss
         mbedtls_ssl_conf_rng(confs[i], mbedtls_ctr_drbg_random, &drbg);
         mbedtls_ssl_conf_min_version(confs[i], MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
         mbedtls_ssl_conf_ca_chain(confs[i], &c->ca, NULL);
+        mbedtls_ssl_conf_ciphersuites(confs[i], default_ciphers);
+        mbedtls_ssl_conf_curves(confs[i], default_curves);
     }
     mbedtls_ssl_conf_authmode(verify, MBEDTLS_SSL_VERIFY_REQUIRED);
     mbedtls_ssl_conf_authmode(noverify, MBEDTLS_SSL_VERIFY_NONE);

@@ -25,7 +25,8 @@ typedef struct tls_server_conf {
     const tls_cert_conf_t *certs;  /* certs[0] is the default */
     int ncerts;
     const char *protocols;         /* "TLSv1.2" (minimum); NULL: TLSv1.2 */
-    const char *ciphers;           /* IANA names separated by ":" or spaces; NULL: mbedTLS's defaults */
+    const char *ciphers;           /* IANA names separated by ":" or spaces; NULL: ECDHE with AEADs first */
+    const char *curves;            /* ECDHE curves by preference ("X25519:prime256v1"); NULL or "auto": X25519, P-256 first */
     const char *client_ca;         /* verify client certificates against this CA file */
     int verify_client;             /* 0 off, 1 optional, 2 required */
     double ticket_lifetime;        /* session tickets; keys rotate every lifetime */

@@ -1,5 +1,5 @@
--- TLS protocols and ciphers towards the client (tls.protocols,
--- tls.ciphers).
+-- TLS protocols, ciphers and ECDHE curves towards the client
+-- (tls.protocols, tls.ciphers, tls.curves).
 local testing = require "postern.testing"
 local shell = require "helpers.shell"
 local certs_helper = require "helpers.certs"
@@ -100,5 +100,70 @@ describe("TLS protocols and ciphers #tls", function()
     }
     assert.is_false(ok)
     assert.matches("unknown cipher suite \"TLS%-NO%-SUCH%-CIPHER\"", out)
+  end)
+end)
+
+-- ---- curves and the default preferences ------------------------------------------------
+
+describe("TLS curves and default preferences #tls", function()
+  local C = certs_helper.get()
+
+  -- what openssl s_client reports for one connection, with extra options
+  local function negotiate(port, extra)
+    local argv = { "timeout", "10", "openssl", "s_client", "-connect", "127.0.0.1:" .. port,
+                   "-tls1_2", "-noservername" }
+    for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+    return shell.run(argv)
+  end
+
+  local function start(tls_conf)
+    local t = { certificate = C.server, key = C.server_key }
+    for k, v in pairs(tls_conf) do t[k] = v end
+    return testing.start {
+      policy_source = "return { authenticate = function(s) return nil, 'no' end }",
+      config = { tls = t, listen = { { protocol = "imap", tls = true } } },
+    }
+  end
+
+  local function cpu_has_aes()
+    local f = io.open("/proc/cpuinfo")
+    local info = f and f:read("*a") or ""
+    if f then f:close() end
+    return info:find("%saes%s") ~= nil
+  end
+
+  it("prefers X25519, then P-256, by default (not mbedTLS's secp521r1)", function()
+    local px = start {}
+    finally(function() px:stop() end)
+    -- a client offering secp521r1 first still gets X25519: the server's order decides
+    local out = negotiate(px.port, { "-curves", "secp521r1:secp384r1:prime256v1:X25519" })
+    assert.matches("Server Temp Key: X25519", out)
+    out = negotiate(px.port, { "-curves", "secp521r1:secp384r1:prime256v1" })
+    assert.matches("Server Temp Key: ECDH, prime256v1", out)
+    -- and every other curve stays available to clients that have nothing better
+    out = negotiate(px.port, { "-curves", "secp521r1" })
+    assert.matches("Server Temp Key: ECDH, secp521r1", out)
+  end)
+
+  it("prefers AES-GCM when the CPU has AES instructions, ChaCha20-Poly1305 when not", function()
+    local px = start {}
+    finally(function() px:stop() end)
+    local out = negotiate(px.port, { "-cipher", "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256" })
+    if cpu_has_aes() then
+      assert.matches("Cipher is ECDHE%-RSA%-AES128%-GCM%-SHA256", out)
+    else
+      assert.matches("Cipher is ECDHE%-RSA%-CHACHA20%-POLY1305", out)
+    end
+  end)
+
+  it("`curves` sets the ECDHE curves and their order (OpenSSL's names, as nginx's ssl_ecdh_curve)", function()
+    local px = start { curves = "secp384r1:prime256v1" }
+    finally(function() px:stop() end)
+    local out = negotiate(px.port, { "-curves", "X25519:prime256v1:secp384r1" })
+    assert.matches("Server Temp Key: ECDH, secp384r1", out)
+    -- a client with none of them does not get an ECDHE suite
+    out = negotiate(px.port, { "-curves", "X25519", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256" })
+    assert.is_nil(out:find("Server Temp Key", 1, true), out)
+    assert.is_true(px:alive())
   end)
 end)

@@ -68,6 +68,8 @@ describe("postern -t and TLS files #tls", function()
     { "protocols older than TLSv1.2", { protocols = "TLSv1.1" }, "protocols" },
     { "an unknown cipher suite", { ciphers = "TLS-NO-SUCH-CIPHER" }, "TLS%-NO%-SUCH%-CIPHER" },
     { "a too short ticket_lifetime", { ticket_lifetime = 1 }, "tls%.ticket_lifetime" },
+    { "an unknown curve", { curves = "X25519:secp999r1" }, "unknown curve \"secp999r1\"" },
+    { "curves that are not a string", { curves = { "X25519" } }, "tls%.curves" },
   } do
     it("reports " .. case[1], function()
       local t = { certificate = C3.server, key = C3.server_key }
