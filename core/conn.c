@@ -9,6 +9,7 @@
 #include "conn.h"
 
 #include "mem.h"
+#include "pool.h"
 #include "status.h"
 
 #include <stdio.h>
@@ -26,6 +27,13 @@ typedef struct write_req {
 } write_req_t;
 
 static void deliver(conn_t *c);
+
+/* The handler's last buffer() got no bytes. */
+static void unused(conn_t *c)
+{
+    if (c->h && !c->closing && c->h->release)
+        c->h->release(c);
+}
 
 /* The peer is done sending: said once. */
 static void tell_eof(conn_t *c)
@@ -253,7 +261,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     (void)suggested;
     if (c->tls) { /* ciphertext: our own buffer, the plaintext goes to the handler in deliver() */
         if (!c->raw)
-            c->raw = xmalloc(CONN_RAW_SIZE);
+            c->raw = pool_get(pool_for(CONN_RAW_SIZE));
         *b = uv_buf_init(c->raw, CONN_RAW_SIZE);
         return;
     }
@@ -380,6 +388,7 @@ static void deliver(conn_t *c)
                 c->h->data(c, (size_t)n);
                 continue;
             }
+            unused(c);
             if (flush_tls(c) < 0) { /* mbedTLS may have answered (an alert) */
                 fail(c, "write failed", NULL);
                 break;
@@ -402,35 +411,59 @@ static void deliver(conn_t *c)
     c->delivering = false;
 }
 
-static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+static void on_read_plain(conn_t *c, ssize_t nread)
 {
-    conn_t *c = st->data;
-    if (c->closing || !c->h)
+    if (nread > 0) {
+        c->h->data(c, (size_t)nread);
         return;
-    if (nread == UV_ENOBUFS) { /* the handler has no room: wait for conn_read_start */
-        conn_read_stop(c);
+    }
+    unused(c);
+    if (nread == 0 || c->closing || !c->h)
+        return;
+    if (nread == UV_EOF) {
+        c->reading = false; /* libuv stopped reading */
+        c->eof_seen = true;
+        tell_eof(c);
+        return;
+    }
+    fail(c, uv_err_name((int)nread), NULL);
+}
+
+static void on_read_tls(conn_t *c, ssize_t nread, const char *data)
+{
+    if (nread > 0) {
+        conn_tls_input(c, data, (size_t)nread);
         return;
     }
     if (nread == 0)
         return;
     if (nread == UV_EOF) {
-        c->reading = false; /* libuv stopped reading */
+        c->reading = false;
         c->eof_seen = true;
-        if (c->tls)
-            tls_progress(c); /* what TLS still holds comes first */
-        else
-            tell_eof(c);
+        tls_progress(c); /* what TLS still holds comes first */
         return;
     }
-    if (nread < 0) {
-        fail(c, uv_err_name((int)nread), NULL);
+    fail(c, uv_err_name((int)nread), NULL);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
+{
+    conn_t *c = st->data;
+    if (nread == UV_ENOBUFS) { /* the handler has no room: wait for conn_read_start */
+        conn_read_stop(c);
         return;
     }
-    if (!c->tls) {
-        c->h->data(c, (size_t)nread);
+    if (c->raw && b->base == c->raw) { /* ciphertext: fed (copied) into TLS, the block goes back */
+        char *raw = c->raw;
+        c->raw = NULL;
+        if (!c->closing && c->h)
+            on_read_tls(c, nread, raw);
+        pool_put(pool_for(CONN_RAW_SIZE), raw);
         return;
     }
-    conn_tls_input(c, b->base, (size_t)nread);
+    if (c->closing || !c->h)
+        return;
+    on_read_plain(c, nread);
 }
 
 void conn_tls_input(conn_t *c, const char *data, size_t len)
@@ -547,7 +580,8 @@ static void finish_close(conn_t *c)
 {
     tls_conn_free(c->tls);
     c->tls = NULL;
-    free(c->raw);
+    if (c->raw)
+        pool_put(pool_for(CONN_RAW_SIZE), c->raw);
     c->raw = NULL;
     if (c->closed)
         c->closed(c);

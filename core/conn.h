@@ -41,6 +41,9 @@ typedef struct conn_handler {
     void (*written)(conn_t *c);
     /* Optional: the TLS handshake completed. */
     void (*tls_ready)(conn_t *c);
+    /* Optional: the room the last buffer() gave got nothing (the read
+     * found no bytes, or ended): a pooled buffer may go back. */
+    void (*release)(conn_t *c);
 } conn_handler_t;
 
 struct conn {
@@ -49,7 +52,7 @@ struct conn {
     void *data;                 /* the handler's */
     void (*closed)(conn_t *c);  /* after the handle closed: the owner may free */
     tls_conn_t *tls;
-    char *raw;                  /* ciphertext read buffer, TLS only */
+    char *raw;                  /* ciphertext read buffer, TLS only, pooled: held during one read */
     size_t queued;              /* bytes handed to libuv, not yet written */
     char detail[240];           /* the last error's long form */
     bool reading;               /* uv_read_start is in force */

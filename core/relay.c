@@ -1,7 +1,9 @@
 /* relay.c: the proxied phase, bytes both ways with bounded memory.
  *
- * Each direction has one buffer. Reads land in it (plaintext: straight
- * from the socket; TLS: decrypted by conn.c). Towards a plaintext peer the
+ * Each direction takes a buffer of proxy_buffer bytes from a pool when
+ * a read arrives and gives it back once its bytes are written, so an
+ * idle session holds none. Reads land in it (plaintext: straight from
+ * the socket; TLS: decrypted by conn.c). Towards a plaintext peer the
  * bytes are written from that same buffer without a copy, and reading the
  * source pauses until the write completes. Towards a TLS peer they are
  * encrypted into a queued write at once; reading the source pauses while
@@ -14,6 +16,7 @@
 #include "relay.h"
 
 #include "mem.h"
+#include "pool.h"
 #include "status.h"
 
 #include <stdlib.h>
@@ -24,8 +27,7 @@
 typedef struct relay_dir {
     relay_t *r;
     conn_t *src, *dst;
-    char *buf;
-    size_t size;
+    char *buf;          /* from r->pool while bytes are in flight, else NULL */
     bool writing;       /* buf is being written to dst: src is paused */
     bool paused;        /* dst's queue is too long: src is paused */
     bool eof;           /* src said EOF */
@@ -37,6 +39,7 @@ struct relay {
     relay_dir_t up;     /* client -> upstream */
     relay_dir_t down;   /* upstream -> client */
     relay_conf_t conf;
+    pool_t *pool;       /* blocks of conf.buffer bytes */
     uv_loop_t *loop;
     uint64_t last_active;
     bool over;          /* done was called */
@@ -95,6 +98,12 @@ static void dir_failed(relay_dir_t *d, const conn_t *c, const char *why)
         finish(r, client ? "client connection error" : "upstream connection error", NULL);
 }
 
+static void buf_release(relay_dir_t *d)
+{
+    pool_put(d->r->pool, d->buf);
+    d->buf = NULL;
+}
+
 static void resume(relay_dir_t *d)
 {
     if (d->eof) {
@@ -111,6 +120,7 @@ static void buf_written(conn_t *c, int status)
     relay_t *r = c->data;
     relay_dir_t *d = writing_to(r, c);
     d->writing = false;
+    buf_release(d);
     if (status < 0) {
         finish(r, d == &r->up ? "upstream write failed" : "client write failed", NULL);
         return;
@@ -126,7 +136,9 @@ static void on_data(conn_t *c, size_t n)
     *d->count += n;
     r->last_active = uv_now(r->loop);
     if (conn_tls(d->dst)) {
-        if (conn_write(d->dst, d->buf, n) < 0) {
+        int rc = conn_write(d->dst, d->buf, n); /* encrypted into the queue: buf is free again */
+        buf_release(d);
+        if (rc < 0) {
             finish(r, "TLS error", d->dst);
             return;
         }
@@ -137,7 +149,9 @@ static void on_data(conn_t *c, size_t n)
         return;
     }
     int rc = conn_write_ref(d->dst, d->buf, n, buf_written);
-    if (rc == PT_AGAIN) {
+    if (rc == PT_OK) {
+        buf_release(d);
+    } else if (rc == PT_AGAIN) {
         d->writing = true;
         conn_read_stop(d->src);
     } else if (rc < 0) {
@@ -148,8 +162,22 @@ static void on_data(conn_t *c, size_t n)
 static char *on_buffer(conn_t *c, size_t *room)
 {
     relay_dir_t *d = reading_from(c->data, c);
-    *room = d->writing || d->paused ? 0 : d->size;
+    if (d->writing || d->paused) {
+        *room = 0;
+        return NULL;
+    }
+    if (!d->buf)
+        d->buf = pool_get(d->r->pool);
+    *room = pool_size(d->r->pool);
     return d->buf;
+}
+
+/* The read found nothing: the buffer goes back until the next one. */
+static void on_release(conn_t *c)
+{
+    relay_dir_t *d = reading_from(c->data, c);
+    if (!d->writing)
+        buf_release(d);
 }
 
 static void on_eof(conn_t *c)
@@ -187,18 +215,18 @@ static const conn_handler_t relay_handler = {
     .eof = on_eof,
     .error = on_error,
     .written = on_written,
+    .release = on_release,
 };
 
 relay_t *relay_start(conn_t *client, conn_t *upstream, const relay_conf_t *conf, uint64_t now_ms)
 {
     relay_t *r = xcalloc(1, sizeof *r);
     r->conf = *conf;
+    r->pool = pool_for(conf->buffer);
     r->loop = client->tcp.loop;
     r->last_active = now_ms;
-    r->up = (relay_dir_t){ .r = r, .src = client, .dst = upstream, .buf = xmalloc(conf->buffer),
-                           .size = conf->buffer, .count = conf->bytes_in };
-    r->down = (relay_dir_t){ .r = r, .src = upstream, .dst = client, .buf = xmalloc(conf->buffer),
-                             .size = conf->buffer, .count = conf->bytes_out };
+    r->up = (relay_dir_t){ .r = r, .src = client, .dst = upstream, .count = conf->bytes_in };
+    r->down = (relay_dir_t){ .r = r, .src = upstream, .dst = client, .count = conf->bytes_out };
     conn_set_handler(client, &relay_handler, r);
     conn_set_handler(upstream, &relay_handler, r);
     conn_read_start(upstream); /* delivers records that came with the login reply */
@@ -227,7 +255,9 @@ void relay_free(relay_t *r)
     /* the connections may outlive the relay (closing): no callback may reach it */
     conn_set_handler(r->up.src, NULL, NULL);
     conn_set_handler(r->down.src, NULL, NULL);
-    free(r->up.buf);
-    free(r->down.buf);
+    /* a zero-copy write still queued is dropped when the owner closes the
+     * conns, in this same turn of the loop: libuv reads the block no more */
+    buf_release(&r->up);
+    buf_release(&r->down);
     free(r);
 }

@@ -1,9 +1,12 @@
 /* Tests of the relay over socketpairs: bytes both ways with counters,
  * half-close in each direction, the end of the session, a failed side,
  * and a large transfer through a side that does not read (backpressure)
- * arriving intact. */
+ * arriving intact. Buffers come from the pool only while bytes are in
+ * flight: an idle relay holds none, a stalled one at most one per
+ * direction. */
 #include "check.h"
 #include "peer.h"
+#include "pool.h"
 #include "relay.h"
 
 #include <signal.h>
@@ -37,6 +40,13 @@ static void scene_start(scene_t *sc, size_t buffer)
     sc->r = relay_start(&sc->client, &sc->upstream, &rc, uv_now(&sc->loop));
 }
 
+static size_t blocks_in_use(void)
+{
+    size_t in_use, nfree;
+    pool_stats(&in_use, &nfree);
+    return in_use;
+}
+
 static void scene_end(scene_t *sc)
 {
     relay_free(sc->r);
@@ -46,6 +56,7 @@ static void scene_end(scene_t *sc)
     close(sc->ufd);
     uv_run(&sc->loop, UV_RUN_DEFAULT);
     CHECK_INT(uv_loop_close(&sc->loop), 0); /* no handle left open */
+    CHECK_INT(blocks_in_use(), 0);            /* every buffer went back */
 }
 
 static void both_ways(void)
@@ -62,6 +73,8 @@ static void both_ways(void)
     CHECK_INT(sc.in, 17);
     CHECK_INT(sc.out, 24);
     CHECK(!sc.done);
+    uv_run(&sc.loop, UV_RUN_NOWAIT);
+    CHECK_INT(blocks_in_use(), 0); /* idle: no buffer held */
     scene_end(&sc);
 }
 
@@ -124,6 +137,7 @@ static void backpressure(void)
             usleep(1000);
     }
     CHECK(sent < TOTAL); /* the relay stopped taking bytes */
+    CHECK(blocks_in_use() <= 1);  /* and holds one buffer for it at most */
     size_t have = 0;
     end = peer_now() + 10;
     while (have < TOTAL && peer_now() < end) {
