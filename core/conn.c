@@ -44,10 +44,19 @@ static void tell_eof(conn_t *c)
     c->h->eof(c);
 }
 
+/* The long form of an error, kept until the next one (allocated only
+ * when there is one: most connections never fail). */
+static void set_detail(conn_t *c, const char *text)
+{
+    char *old = c->detail; /* text may be the old detail */
+    c->detail = xstrdup(text);
+    free(old);
+}
+
 /* The connection failed: tell the handler once, with the reason. */
 static void fail(conn_t *c, const char *why, const char *detail)
 {
-    snprintf(c->detail, sizeof c->detail, "%s", detail ? detail : why);
+    set_detail(c, detail ? detail : why);
     const conn_handler_t *h = c->h;
     if (!h || c->closing)
         return;
@@ -64,7 +73,7 @@ static void fail_tls(conn_t *c, const char *why, const char *detail)
 
 const char *conn_error_detail(const conn_t *c)
 {
-    return c->detail;
+    return c->detail ? c->detail : "";
 }
 
 bool conn_failed_in_tls(const conn_t *c)
@@ -89,13 +98,14 @@ void conn_set_handler(conn_t *c, const conn_handler_t *h, void *data)
 
 int conn_accept(conn_t *c, uv_stream_t *server)
 {
+    /* TCP_NODELAY (mail is command and response: no Nagle waits) comes
+     * from the listening socket, which listener.c sets */
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0)
         return PT_ERROR;
-    uv_tcp_nodelay(&c->tcp, 1); /* mail is command and response: no delayed ACK waits */
     return PT_OK;
 }
 
-static int addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port)
+int conn_addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port)
 {
     ip[0] = '\0';
     *port = 0;
@@ -121,7 +131,7 @@ static int sock_addr(conn_t *c, int (*get)(const uv_tcp_t *, struct sockaddr *, 
     int len = sizeof ss;
     if (get(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
         return PT_ERROR;
-    return addr_text(&ss, ip, iplen, port);
+    return conn_addr_text(&ss, ip, iplen, port);
 }
 
 int conn_peer(conn_t *c, char *ip, size_t iplen, int *port)
@@ -171,23 +181,53 @@ static int queue(conn_t *c, write_req_t *w)
     if (rc < 0) {
         c->queued -= w->len;
         write_req_free(w);
-        snprintf(c->detail, sizeof c->detail, "%s", uv_err_name(rc));
+        set_detail(c, uv_err_name(rc));
         return PT_ERROR;
     }
     return PT_OK;
 }
 
-/* Sends what the TLS context produced. */
+/* Writes what the socket takes at once, when nothing is queued before
+ * it: most replies and relayed chunks go out here, without a copy, a
+ * write request, or the epoll_ctl that libuv makes after a queued write
+ * completes. *done: the bytes written. */
+static int send_now(conn_t *c, const char *data, size_t len, size_t *done)
+{
+    *done = 0;
+    if (c->queued > 0)
+        return PT_OK;
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n >= 0) {
+        *done = (size_t)n;
+        return PT_OK;
+    }
+    if (n == UV_EAGAIN)
+        return PT_OK;
+    set_detail(c, uv_err_name(n));
+    return PT_ERROR;
+}
+
+/* Sends what the TLS context produced: what the socket takes now from
+ * the context's own buffer, a copy of the rest queued. */
 static int flush_tls(conn_t *c)
 {
-    size_t n;
-    char *out = tls_out_take(c->tls, &n);
-    if (!out)
+    size_t n, done = 0;
+    const char *out = tls_out_peek(c->tls, &n);
+    if (n == 0)
         return PT_OK;
-    write_req_t *w = xmalloc(sizeof *w);
-    w->data = out;
-    w->len = n;
-    return queue(c, w);
+    if (send_now(c, out, n, &done) < 0)
+        return PT_ERROR;
+    if (done < n) {
+        write_req_t *w = xmalloc(sizeof *w);
+        w->len = n - done;
+        w->data = xmalloc(w->len);
+        memcpy(w->data, out + done, w->len);
+        tls_out_consume(c->tls, n);
+        return queue(c, w);
+    }
+    tls_out_consume(c->tls, n);
+    return PT_OK;
 }
 
 int conn_write(conn_t *c, const void *data, size_t len)
@@ -196,15 +236,20 @@ int conn_write(conn_t *c, const void *data, size_t len)
         return PT_OK;
     if (c->tls && c->tls_up) {
         if (tls_write(c->tls, data, len) < 0) {
-            snprintf(c->detail, sizeof c->detail, "%s", tls_error(c->tls));
+            set_detail(c, tls_error(c->tls));
             return PT_ERROR;
         }
         return flush_tls(c);
     }
-    write_req_t *w = xmalloc(sizeof *w + len);
-    memcpy(w->copy, data, len);
+    size_t done = 0;
+    if (send_now(c, data, len, &done) < 0)
+        return PT_ERROR;
+    if (done == len)
+        return PT_OK;
+    write_req_t *w = xmalloc(sizeof *w + (len - done));
+    memcpy(w->copy, (const char *)data + done, len - done);
     w->data = w->copy;
-    w->len = len;
+    w->len = len - done;
     return queue(c, w);
 }
 
@@ -227,7 +272,7 @@ int conn_write_ref(conn_t *c, const char *data, size_t len, void (*done)(conn_t 
     if (n == (int)len)
         return PT_OK;
     if (n < 0 && n != UV_EAGAIN) {
-        snprintf(c->detail, sizeof c->detail, "%s", uv_err_name(n));
+        set_detail(c, uv_err_name(n));
         return PT_ERROR;
     }
     if (n < 0)
@@ -242,7 +287,7 @@ int conn_write_ref(conn_t *c, const char *data, size_t len, void (*done)(conn_t 
     if (rc < 0) {
         c->zbusy = false;
         c->queued -= c->zlen;
-        snprintf(c->detail, sizeof c->detail, "%s", uv_err_name(rc));
+        set_detail(c, uv_err_name(rc));
         return PT_ERROR;
     }
     return PT_AGAIN;
@@ -525,7 +570,7 @@ int conn_tls_client(conn_t *c, tls_client_t *cli, const char *sni, bool verify, 
     c->tls_up = false;
     tls_handshake(c->tls); /* the ClientHello */
     if (flush_tls(c) < 0) {
-        snprintf(err, errlen, "%s", c->detail);
+        snprintf(err, errlen, "%s", conn_error_detail(c));
         return PT_ERROR;
     }
     return PT_OK;
@@ -570,7 +615,7 @@ int conn_shutdown(conn_t *c, void (*done)(conn_t *c))
     c->shutdown_done = done;
     int rc = uv_shutdown(&c->sreq, (uv_stream_t *)&c->tcp, on_shutdown);
     if (rc < 0) {
-        snprintf(c->detail, sizeof c->detail, "%s", uv_err_name(rc));
+        set_detail(c, uv_err_name(rc));
         return PT_ERROR;
     }
     return PT_OK;
@@ -578,6 +623,8 @@ int conn_shutdown(conn_t *c, void (*done)(conn_t *c))
 
 static void finish_close(conn_t *c)
 {
+    free(c->detail);
+    c->detail = NULL;
     tls_conn_free(c->tls);
     c->tls = NULL;
     if (c->raw)

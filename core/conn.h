@@ -54,7 +54,7 @@ struct conn {
     tls_conn_t *tls;
     char *raw;                  /* ciphertext read buffer, TLS only, pooled: held during one read */
     size_t queued;              /* bytes handed to libuv, not yet written */
-    char detail[240];           /* the last error's long form */
+    char *detail;               /* the last error's long form, or NULL */
     bool reading;               /* uv_read_start is in force */
     bool tls_up;                /* the handshake is done */
     bool delivering, redeliver; /* see deliver() in conn.c */
@@ -84,6 +84,8 @@ int conn_accept(conn_t *c, uv_stream_t *server);
 /* Addresses of the socket as text: PT_OK or PT_ERROR. */
 int conn_peer(conn_t *c, char *ip, size_t iplen, int *port);
 int conn_local(conn_t *c, char *ip, size_t iplen, int *port);
+/* The same for an address the caller has (a listener's). */
+int conn_addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port);
 
 void conn_read_start(conn_t *c);
 void conn_read_stop(conn_t *c);

@@ -251,7 +251,7 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud)
 {
     http_req_t *r = ud;
     if (size * n >= 5 && strncmp(p, "HTTP/", 5) == 0)
-        r->resp_headers.len = 0; /* a new response (after 100 Continue or a redirect) */
+        buf_clear(&r->resp_headers); /* a new response (after 100 Continue or a redirect) */
     if (buf_append(&r->resp_headers, p, size * n) < 0)
         return 0;
     return size * n;

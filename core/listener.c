@@ -40,6 +40,10 @@ int listeners_start(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen)
         l->tcp.data = l;
         nlisteners++;
         int rc = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&l->conf->addr, 0);
+        /* accepted sockets inherit TCP_NODELAY from the listening one
+         * (Linux): one setsockopt per listener instead of per client */
+        if (rc == 0)
+            rc = uv_tcp_nodelay(&l->tcp, 1);
         if (rc == 0)
             rc = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
         if (rc < 0) {

@@ -176,7 +176,7 @@ void login_starttls(login_t *l)
     if (l->over || l->starttls)
         return;
     l->starttls = true;
-    l->in.len = 0; /* nothing the upstream sent after its OK counts */
+    buf_clear(&l->in); /* nothing the upstream sent after its OK counts */
     start_tls(l);
 }
 

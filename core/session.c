@@ -18,6 +18,7 @@
 #include "relay.h"
 #include "status.h"
 
+#include <malloc.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 
 static session_t *sessions;
 static int nsessions;
+static int nsessions_peak; /* since memory was last given back */
 static uint64_t next_id;
 
 static const conn_handler_t client_handler;
@@ -94,6 +96,18 @@ static void start_protocol(session_t *s)
     s->proto->greet(s);
 }
 
+/* The address the client reached: the listener's own when it names one
+ * (no getsockname), else the socket's. */
+static void local_address(session_t *s)
+{
+    const struct sockaddr_storage *a = &s->listener->addr;
+    bool any = (a->ss_family == AF_INET && ((const struct sockaddr_in *)a)->sin_addr.s_addr == htonl(INADDR_ANY)) ||
+               (a->ss_family == AF_INET6 &&
+                IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)a)->sin6_addr));
+    if (any || conn_addr_text(a, s->local_ip, sizeof s->local_ip, &s->local_port) < 0 || s->local_port == 0)
+        conn_local(&s->client, s->local_ip, sizeof s->local_ip, &s->local_port);
+}
+
 void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
 {
     session_t *s = xcalloc(1, sizeof *s);
@@ -117,7 +131,7 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     s->timer.data = s;
     s->handles++;
     conn_peer(&s->client, s->client_ip, sizeof s->client_ip, &s->client_port);
-    conn_local(&s->client, s->local_ip, sizeof s->local_ip, &s->local_port);
+    local_address(s);
     conn_set_handler(&s->client, &client_handler, s);
 
     s->pstate = xcalloc(1, s->proto->state_size);
@@ -127,6 +141,8 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
         sessions->prev = s;
     sessions = s;
     nsessions++;
+    if (nsessions > nsessions_peak)
+        nsessions_peak = nsessions;
     session_log(s, LL_INFO, "client connected");
 
     if (l->proxy_protocol) { /* the balancer's header comes before anything else, TLS included */
@@ -189,7 +205,7 @@ static void proxy_header_input(session_t *s)
         char *early = len ? xmalloc(len) : NULL;
         if (early)
             memcpy(early, s->cin.data, len);
-        s->cin.len = 0;
+        buf_clear(&s->cin);
         session_begin(s);
         if (early && s->phase == PHASE_TLS_HANDSHAKE)
             conn_tls_input(&s->client, early, len);
@@ -222,7 +238,7 @@ void session_starttls(session_t *s)
      * attacker could have injected: it is dropped, never executed. */
     if (s->cin.len)
         session_log(s, LL_INFO, "dropped %zu bytes sent after STARTTLS", s->cin.len);
-    s->cin.len = 0;
+    buf_clear(&s->cin);
     char err[100];
     if (conn_tls_server(&s->client, s->listener->tls_server, err, sizeof err) < 0) {
         session_close(s, "cannot set up TLS");
@@ -470,6 +486,18 @@ void refusal_free(refusal_t *r)
     free(r);
 }
 
+/* After a peak, glibc keeps the freed sessions' pages in its heap; when
+ * half of them (and at least a few hundred) are gone, hand the free
+ * pages back to the system (malloc_trim also releases pages inside the
+ * heap, not only at its top). Rare and cheap next to that many closes. */
+static void give_back_memory(void)
+{
+    if (nsessions_peak - nsessions < 256 || nsessions > nsessions_peak / 2)
+        return;
+    malloc_trim(0);
+    nsessions_peak = nsessions;
+}
+
 static void session_free(session_t *s)
 {
     if (s->id) { /* accepted: counted and linked */
@@ -496,6 +524,7 @@ static void session_free(session_t *s)
     policy_release(s->policy);
     config_release((config_t *)s->cfg);
     free(s);
+    give_back_memory();
 }
 
 /* ---- timeouts ---- */
@@ -728,7 +757,9 @@ static void upstream_ready(session_t *s, const char *reply, size_t len, const ch
     conn_t *up = upstream_conn(s->up);
     uv_timer_stop(&s->timer);
     s->phase = PHASE_RELAY;
-    conn_read_stop(&s->client);
+    /* reading the client goes on: the relay takes over its handler below,
+     * in this same turn of the loop (a stop and a start would cost two
+     * epoll_ctl calls) */
     session_write(s, reply, len);
     /* Pipelined client bytes go to the upstream first, then the relay. */
     if (s->phase == PHASE_RELAY && s->cin.len && conn_write(up, s->cin.data, s->cin.len) < 0)

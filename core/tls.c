@@ -694,15 +694,15 @@ void tls_close_notify(tls_conn_t *t)
         mbedtls_ssl_close_notify(&t->ssl);
 }
 
-char *tls_out_take(tls_conn_t *t, size_t *len)
+const char *tls_out_peek(const tls_conn_t *t, size_t *len)
 {
     *len = t->out.len;
-    if (t->out.len == 0)
-        return NULL;
-    char *p = xmalloc(t->out.len);
-    memcpy(p, t->out.data, t->out.len);
-    t->out.len = 0;
-    return p;
+    return t->out.len ? t->out.data : NULL;
+}
+
+void tls_out_consume(tls_conn_t *t, size_t len)
+{
+    buf_consume(&t->out, len);
 }
 
 bool tls_pending(const tls_conn_t *t)

@@ -62,8 +62,10 @@ int tls_read(tls_conn_t *t, char *out, size_t len);
 /* Encrypts all of data into the output buffer; 0 or PT_ERROR. */
 int tls_write(tls_conn_t *t, const char *data, size_t len);
 void tls_close_notify(tls_conn_t *t);
-/* The ciphertext waiting to be sent: take it all (the buffer is reset). */
-char *tls_out_take(tls_conn_t *t, size_t *len);   /* malloc'd, caller frees */
+/* The ciphertext waiting to be sent (NULL, 0 when none); the caller
+ * copies what it does not send now, then consumes it all. */
+const char *tls_out_peek(const tls_conn_t *t, size_t *len);
+void tls_out_consume(tls_conn_t *t, size_t len);
 /* Plaintext or ciphertext still inside: call tls_read again. */
 bool tls_pending(const tls_conn_t *t);
 

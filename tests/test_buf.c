@@ -17,6 +17,21 @@ int main(void)
     buf_free(&b);
     CHECK(b.data == NULL);
 
+    /* the high-water mark: what buf_free wipes covers every byte ever
+     * held, also when a reader wrote in place and len went down since */
+    buf_init(&b, 1024);
+    CHECK_INT(buf_reserve(&b, 512), 0);
+    memcpy(b.data, "a LOGIN user secret\r\n", 22); /* as a read lands */
+    b.len += 22;
+    buf_consume(&b, 22);
+    CHECK_INT(b.hw, 22);
+    buf_append(&b, "b NOOP\r\n", 8);
+    buf_clear(&b);
+    CHECK_INT(b.hw, 22);
+    CHECK_INT(b.len, 0);
+    buf_free(&b);
+    CHECK_INT(b.hw, 0);
+
     size_t ll, used;
     CHECK_INT(buf_find_line("abc", 3, &ll, &used), 0);
     CHECK_INT(buf_find_line("abc\r\nx", 6, &ll, &used), 1);
