@@ -11,7 +11,7 @@ endif
 BUSTED ?= busted --lua=luajit
 LUACHECK ?= luacheck -q
 
-.PHONY: all build module deps run test unit lint spec clean
+.PHONY: all build module deps run test unit lint spec bench clean
 
 all: build
 
@@ -48,6 +48,23 @@ test: deps build module
 	@cd $(BUILD) && ctest --output-on-failure
 	@$(LUACHECK) lua scripts spec
 	@POSTERN_BIN=$(CURDIR)/$(BUILD)/postern $(BUSTED) $(BUSTED_ARGS)
+
+# The benchmark (bench/README.md, docs/performance.md): direct, nginx and
+# postern in one bench/run.sh invocation, which prints one table. Takes about
+# half an hour with the defaults; not part of `make test`. It needs
+# `sudo bench/setup.sh` once (run here when make runs as root).
+#   make bench BENCH_MODES="imap-login idle" REPS=1   (modes: space or comma separated)
+# bench/run.sh's other knobs (LOGIN_N, TLS_N, PIN, ...) pass through the environment.
+BENCH_TARGETS ?= direct,nginx,postern
+comma := ,
+bench: build
+	@$(MAKE) --no-print-directory -s -C bench
+	@if bench/setup.sh --check 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then bench/setup.sh; \
+	else bench/setup.sh --check || true; \
+	  echo "make bench: run 'sudo bench/setup.sh' once (apt-installs nginx, libnginx-mod-mail, ...; idempotent), then make bench again" >&2; \
+	  exit 1; fi
+	POSTERN_BIN="$${POSTERN_BIN:-$(CURDIR)/$(BUILD)/postern}" bench/run.sh $(BENCH_TARGETS) $(subst $(comma), ,$(BENCH_MODES))
 
 clean:
 	rm -rf build build-asan
