@@ -772,6 +772,10 @@ static void upstream_ready(session_t *s, const char *reply, size_t len, const ch
     str_wipe_free(&s->cred.password);
     login_free(s->login);
     s->login = NULL;
+    /* s.vars lives on for on_close only: without one, nothing of this
+     * session stays in Lua while it relays */
+    if (!policy_has_hook(s->policy, "on_close"))
+        policy_session_release(s);
     if (s->phase != PHASE_RELAY)
         return;
     relay_conf_t rc = { .buffer = s->cfg->proxy_buffer, .client_eof = s->client_eof, .bytes_in = &s->bytes_in,
