@@ -3,6 +3,7 @@
 #include "listener.h"
 #include "log.h"
 #include "lua_policy.h"
+#include "pool.h"
 #include "session.h"
 
 #include <luajit.h>
@@ -200,6 +201,7 @@ int main(int argc, char **argv)
         unlink(cfg->pidfile);
     uv_loop_close(loop);
     config_release(cfg);
+    pool_drain();
     log_close();
     return 0;
 }

@@ -168,5 +168,6 @@ int main(void)
     half_close();
     client_fails();
     backpressure();
+    pool_drain();
     CHECK_DONE();
 }
