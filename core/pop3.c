@@ -101,11 +101,23 @@ static char *pop3_refusal(session_t *s, const refusal_t *r)
 
 /* ---- client commands ---- */
 
+/* A bare CR or a NUL inside USER or PASS: the upstream login writes
+ * them on a line of their own, where a CR could end the line early and
+ * make the rest a command. Refused, as the SASL decoders refuse them. */
+static bool cred_has_control(const char *arg, size_t al)
+{
+    return memchr(arg, '\r', al) || memchr(arg, '\0', al);
+}
+
 static void cmd_user(session_t *s, const char *arg, size_t al)
 {
     pop3_state_t *st = s->pstate;
     if (al == 0 || al > POP3_MAX_CRED) {
         preauth_reply(s, REPLY_BAD, "Syntax: USER name");
+        return;
+    }
+    if (cred_has_control(arg, al)) {
+        preauth_reply(s, REPLY_BAD, "CR or NUL in the name");
         return;
     }
     str_wipe_free(&st->user);
@@ -122,6 +134,11 @@ static void cmd_pass(session_t *s, const char *arg, size_t al)
     }
     if (al > POP3_MAX_CRED) {
         preauth_reply(s, REPLY_BAD, "Password too long");
+        return;
+    }
+    if (cred_has_control(arg, al)) {
+        str_wipe_free(&st->user);
+        preauth_reply(s, REPLY_BAD, "CR or NUL in the password");
         return;
     }
     credentials_clear(&s->cred);

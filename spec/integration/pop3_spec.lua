@@ -225,6 +225,22 @@ describe("POP3", function()
       assert.same({}, m:lines())
     end)
 
+    it("refuse a bare CR or a NUL inside USER or PASS with -ERR, and nothing reaches the upstream", function()
+      local sc = pop3_scene.new(finally)
+      local m = sc:mock { name = "pop-a" }
+      local p = sc:proxy { upstream = route(m) }
+      local c = sc:client(p)
+      assert.matches("^%-ERR", c:pop3("USER alice\rDELE 1"))
+      assert.matches("^%-ERR", c:pop3("USER al\0ice"))
+      assert.equal("+OK", c:pop3("USER alice"))
+      assert.matches("^%-ERR", c:pop3("PASS secret\rDELE 1"))
+      -- the USER before it is forgotten: a PASS alone is not a login
+      assert.matches("^%-ERR", c:pop3("PASS secret"))
+      assert.equal("+OK", c:pop3("NOOP"))
+      assert.same({}, m:lines())
+      assert.same({}, pop3_scene.policy_calls(p))
+    end)
+
     it("refuse USER without a name with -ERR", function()
       local sc = pop3_scene.new(finally)
       local p = sc:proxy {}
