@@ -13,7 +13,11 @@
 #include <lua.h>
 #include <lualib.h>
 
+#include <uv.h>
+
 #include <arpa/inet.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -522,12 +526,54 @@ struct tls_client *config_tls_client(config_t *cfg)
     return cfg->tls_client;
 }
 
+/* workers = "auto" | N: "auto" is one per CPU this process may run on. */
+static int read_workers(check_t *c, config_t *cfg)
+{
+    lua_State *L = c->L;
+    lua_getfield(L, -1, "workers");
+    int t = lua_type(L, -1);
+    bool is_auto = t == LUA_TSTRING && strcmp(lua_tostring(L, -1), "auto") == 0;
+    lua_pop(L, 1);
+    if (t == LUA_TNIL || is_auto) {
+        cfg->workers = (int)uv_available_parallelism();
+        if (cfg->workers > CONFIG_MAX_WORKERS)
+            cfg->workers = CONFIG_MAX_WORKERS;
+        return 0;
+    }
+    if (t != LUA_TNUMBER)
+        return fail(c, "workers", "must be \"auto\" or a number of processes");
+    return opt_int(c, "", "workers", &cfg->workers, 1, CONFIG_MAX_WORKERS);
+}
+
+/* user/group: the account the workers run as (looked up now, so that a
+ * typo is a `postern -t` error and not a failure at start). */
+static int read_user(check_t *c, config_t *cfg)
+{
+    if (cfg->group && !cfg->user)
+        return fail(c, "group", "needs user as well");
+    if (!cfg->user)
+        return 0;
+    struct passwd *pw = getpwnam(cfg->user);
+    if (!pw)
+        return fail(c, "user", "no such user \"%s\"", cfg->user);
+    cfg->uid = pw->pw_uid;
+    cfg->gid = pw->pw_gid;
+    if (cfg->group) {
+        struct group *gr = getgrnam(cfg->group);
+        if (!gr)
+            return fail(c, "group", "no such group \"%s\"", cfg->group);
+        cfg->gid = gr->gr_gid;
+    }
+    return 0;
+}
+
 static int read_config(check_t *c, config_t *cfg)
 {
     static const char *const base_keys[] = {
         "server_name", "policy", "log_level", "error_log", "pidfile", "proxy_pass_error_message",
         "timeout", "proxy_timeout", "connect_timeout", "auth_timeout", "max_errors",
-        "max_login_attempts", "client_buffer", "proxy_buffer", "tls", "listen" };
+        "max_login_attempts", "client_buffer", "proxy_buffer", "tls", "listen", "workers", "shutdown_timeout",
+        "max_connections", "max_connections_per_ip", "user", "group" };
     enum { NBASE = sizeof base_keys / sizeof *base_keys };
     /* and each protocol's capability list and settings */
     const char *keys[NBASE + PROTO_MAX + PROTO_MAX_SETTINGS + 1];
@@ -557,7 +603,13 @@ static int read_config(check_t *c, config_t *cfg)
         opt_int(c, "", "max_errors", &cfg->max_errors, 1, 1000) < 0 ||
         opt_int(c, "", "max_login_attempts", &cfg->max_login_attempts, 1, 1000) < 0 ||
         opt_number(c, "", "client_buffer", &cb, 1024, 16 * 1024 * 1024) < 0 ||
-        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0) {
+        opt_number(c, "", "proxy_buffer", &pb, 1024, 16 * 1024 * 1024) < 0 ||
+        read_workers(c, cfg) < 0 ||
+        opt_number(c, "", "shutdown_timeout", &cfg->shutdown_timeout, 0, 86400) < 0 ||
+        opt_int(c, "", "max_connections", &cfg->max_connections, 0, 10000000) < 0 ||
+        opt_int(c, "", "max_connections_per_ip", &cfg->max_connections_per_ip, 0, 10000000) < 0 ||
+        opt_string(c, "", "user", &cfg->user) < 0 || opt_string(c, "", "group", &cfg->group) < 0 ||
+        read_user(c, cfg) < 0) {
         free(level);
         return PT_ERROR;
     }
@@ -596,6 +648,9 @@ static int read_config(check_t *c, config_t *cfg)
     if (cfg->pidfile) {
         p = config_path(cfg, cfg->pidfile);
         free(cfg->pidfile);
+    free(cfg->user);
+    free(cfg->policy_text);
+    free(cfg->group);
         cfg->pidfile = p;
     }
 
@@ -656,6 +711,7 @@ config_t *config_load(const char *path, char *err, size_t errlen)
     cfg->proxy_timeout = 600;
     cfg->connect_timeout = 10;
     cfg->auth_timeout = 30;
+    cfg->shutdown_timeout = 60;
     cfg->max_errors = 5;
     cfg->max_login_attempts = 5;
     cfg->client_buffer = 16384;
@@ -731,13 +787,3 @@ void config_release(config_t *cfg)
         config_free(cfg);
 }
 
-int config_same_listeners(const config_t *a, const config_t *b)
-{
-    if (a->nlisten != b->nlisten)
-        return 0;
-    for (int i = 0; i < a->nlisten; i++)
-        if (strcmp(a->listen[i].address, b->listen[i].address) != 0 || a->listen[i].proto != b->listen[i].proto ||
-            a->listen[i].tls != b->listen[i].tls)
-            return 0;
-    return 1;
-}

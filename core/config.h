@@ -10,6 +10,7 @@
 struct proto;
 struct tls_server;
 
+#define CONFIG_MAX_WORKERS 64  /* `workers` at most */
 #define PROTO_MAX 8            /* registered protocols */
 #define PROTO_MAX_OPTIONS 16   /* their boolean options, all together */
 #define PROTO_MAX_SETTINGS 16  /* their top-level numbers, all together */
@@ -50,9 +51,17 @@ typedef struct config {
     char *dir;                     /* its directory: relative paths start here */
     char *server_name;
     char *policy;                  /* absolute or relative to cwd */
+    char *policy_text;             /* its text, read once when first loaded (policy_load) */
+    size_t policy_len;
     int log_level;
     char *error_log;
     char *pidfile;
+    int workers;                   /* worker processes (`workers`; "auto" resolved) */
+    double shutdown_timeout;       /* graceful stop: how long relaying sessions may go on */
+    int max_connections;           /* whole instance; 0 = no limit */
+    int max_connections_per_ip;    /* per client address; 0 = no limit */
+    char *user, *group;            /* the workers' account (NULL: stay who started us) */
+    unsigned uid, gid;             /* resolved from user/group */
     bool proxy_pass_error_message;
     double timeout, proxy_timeout, connect_timeout, auth_timeout;
     double settings[PROTO_MAX_SETTINGS]; /* the protocols' top-level numbers, by proto_setting_index() */
@@ -75,8 +84,6 @@ config_t *config_load(const char *path, char *err, size_t errlen);
 void config_free(config_t *cfg);
 config_t *config_acquire(config_t *cfg);
 void config_release(config_t *cfg);   /* frees at the last reference */
-/* 1 when both listen the same addresses with the same protocols */
-int config_same_listeners(const config_t *a, const config_t *b);
 
 /* A protocol's top-level number (proto_setting_t), e.g. smtp_greeting_delay. */
 double config_setting(const config_t *cfg, const char *key);

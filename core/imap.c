@@ -96,6 +96,7 @@ static const proto_reply_t imap_replies[REPLY_COUNT] = {
     /* starttls = "only": LOGINDISABLED until TLS (RFC 9051 §6.2.3) */
     [REPLY_TLS_REQUIRED] = { "NO", "[PRIVACYREQUIRED] Use STARTTLS first" },
     [REPLY_BYE] = { "BYE", NULL },
+    [REPLY_UNAVAILABLE] = { "BYE [UNAVAILABLE]", NULL }, /* RFC 5530 */
 };
 
 /* A tagged reply to the current command ("*" when it had no valid tag). */
@@ -111,7 +112,7 @@ static void imap_reply(session_t *s, reply_t what, const char *status, const cha
 {
     if (what == REPLY_CHALLENGE || what == REPLY_LITERAL)
         session_printf(s, "+ %s\r\n", text);
-    else if (what == REPLY_TOO_LONG || what == REPLY_BYE)
+    else if (what == REPLY_TOO_LONG || what == REPLY_BYE || what == REPLY_UNAVAILABLE)
         session_printf(s, "* %s %s\r\n", status, text);
     else
         tagged(s, status, text);

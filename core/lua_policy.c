@@ -5,6 +5,7 @@
  * internal error and a log line. */
 #include "lua_policy.h"
 
+#include "buf.h"
 #include "log.h"
 #include "lua_lib.h"
 #include "lua_task.h"
@@ -18,6 +19,7 @@
 #include <lualib.h>
 #include <mbedtls/constant_time.h>
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -556,7 +558,7 @@ static void set_path(lua_State *L, const char *policy)
     lua_pop(L, 2);
 }
 
-static policy_t *load(uv_loop_t *loop, const char *file, char *err, size_t errlen)
+static policy_t *load(uv_loop_t *loop, const char *file, const char *text, size_t len, char *err, size_t errlen)
 {
     lua_State *L = luaL_newstate();
     if (!L) {
@@ -579,7 +581,9 @@ static policy_t *load(uv_loop_t *loop, const char *file, char *err, size_t errle
     luaL_dostring(L, "math.randomseed(os.time() + (tonumber(tostring({}):match('0x(%x+)'), 16) or 0) % 100000)");
 
     lua_pushcfunction(L, traceback);
-    if (luaL_loadfile(L, file) != 0 || lua_pcall(L, 0, 1, -2) != 0) {
+    char chunkname[1024];
+    snprintf(chunkname, sizeof chunkname, "@%s", file); /* errors name the file, as luaL_loadfile's do */
+    if (luaL_loadbuffer(L, text, len, chunkname) != 0 || lua_pcall(L, 0, 1, -2) != 0) {
         snprintf(err, errlen, "%s", lua_tostring(L, -1));
         goto bad;
     }
@@ -610,9 +614,49 @@ bad:
     return NULL;
 }
 
-int policy_load(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen)
+/* The policy file's text, read once per configuration: the workers a
+ * master starts (after a crash, say) run what the master checked, even if
+ * the file has been edited since without a reload. */
+static int read_policy(config_t *cfg, char *err, size_t errlen)
 {
-    policy_t *p = load(loop, cfg->policy, err, errlen);
+    if (cfg->policy_text)
+        return PT_OK;
+    FILE *f = fopen(cfg->policy, "rb");
+    if (!f) {
+        snprintf(err, errlen, "cannot open %s: %s", cfg->policy, strerror(errno));
+        return PT_ERROR;
+    }
+    buf_t b;
+    buf_init(&b, 64 * 1024 * 1024);
+    char chunk[16384];
+    size_t n;
+    int rc = PT_OK;
+    while ((n = fread(chunk, 1, sizeof chunk, f)) > 0)
+        if (buf_append(&b, chunk, n) < 0) {
+            snprintf(err, errlen, "%s: larger than 64 MiB", cfg->policy);
+            rc = PT_ERROR;
+            break;
+        }
+    if (rc == PT_OK && ferror(f)) {
+        snprintf(err, errlen, "cannot read %s: %s", cfg->policy, strerror(errno));
+        rc = PT_ERROR;
+    }
+    fclose(f);
+    if (rc == PT_OK) {
+        cfg->policy_len = b.len;
+        cfg->policy_text = xmalloc(b.len + 1);
+        memcpy(cfg->policy_text, b.data ? b.data : "", b.len);
+        cfg->policy_text[b.len] = '\0';
+    }
+    buf_free(&b);
+    return rc;
+}
+
+int policy_load(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen)
+{
+    if (read_policy(cfg, err, errlen) < 0)
+        return PT_ERROR;
+    policy_t *p = load(loop, cfg->policy, cfg->policy_text, cfg->policy_len, err, errlen);
     if (!p)
         return PT_ERROR;
     policy_release(current);

@@ -20,7 +20,7 @@ typedef struct policy_call policy_call_t;
 /* Loads the configuration's policy and makes it current: PT_OK, or
  * PT_ERROR (the previous policy, if any, stays current; err says why,
  * with file:line). */
-int policy_load(uv_loop_t *loop, const config_t *cfg, char *err, size_t errlen);
+int policy_load(uv_loop_t *loop, config_t *cfg, char *err, size_t errlen);
 void policy_shutdown(void);                 /* cancel every call, drop the current policy */
 
 policy_t *policy_acquire(void);             /* the current policy, pinned */

@@ -1,10 +1,8 @@
-/* main.c: the command line (-c, -t, -v), signals and the event loop. */
+/* main.c: the command line (-c, -t, -s, -v); running is master.c's. */
 #include "config.h"
-#include "listener.h"
+#include "master.h"
 #include "log.h"
 #include "lua_policy.h"
-#include "pool.h"
-#include "session.h"
 
 #include <luajit.h>
 #include <mbedtls/version.h>
@@ -17,14 +15,13 @@
 #include <string.h>
 #include <unistd.h>
 
-static uv_signal_t sig_term, sig_int, sig_hup;
-static config_t *cfg;
-
 static void usage(void)
 {
     fprintf(stderr, "usage: postern [-c FILE]              run with FILE (default ./proxy.conf.lua)\n"
                     "       postern -t [-c FILE]           check the configuration and its policy\n"
-                    "       postern -s reload|stop [-c FILE]  signal the postern whose pidfile FILE names\n"
+                    "       postern -s SIGNAL [-c FILE]    signal the postern whose pidfile FILE names:\n"
+                    "                                      reload (HUP), quit (QUIT, graceful), stop (TERM),\n"
+                    "                                      reopen (USR1, logs), upgrade (USR2, binary)\n"
                     "       postern -v                     print the versions\n");
 }
 
@@ -35,61 +32,20 @@ static void print_versions(void)
     printf("postern %s\n%s\nlibuv %s\n%s\n", POSTERN_VERSION, LUAJIT_VERSION, uv_version_string(), mbed);
 }
 
-static void on_stop(uv_signal_t *h, int signum)
-{
-    (void)h;
-    log_msg(LL_INFO, "signal %d received, shutting down", signum);
-    uv_signal_stop(&sig_term);
-    uv_signal_stop(&sig_int);
-    uv_signal_stop(&sig_hup);
-    uv_close((uv_handle_t *)&sig_term, NULL);
-    uv_close((uv_handle_t *)&sig_int, NULL);
-    uv_close((uv_handle_t *)&sig_hup, NULL);
-    listeners_stop();
-    session_close_all();
-    policy_shutdown();
-}
-
-/* SIGHUP: read the configuration and the policy again. New sessions get
- * both; sessions already running keep what they started with (each pins
- * its config and policy). Anything that fails to load is refused with a
- * log line and the running configuration stays in force. */
-static void on_hup(uv_signal_t *h, int signum)
-{
-    (void)signum;
-    char err[2048];
-    log_msg(LL_INFO, "reloading %s", cfg->path);
-    config_t *next = config_load(cfg->path, err, sizeof err);
-    if (!next) {
-        log_msg(LL_ERROR, "reload refused, keeping the running configuration: %s", err);
-        return;
-    }
-    if (!config_same_listeners(cfg, next)) {
-        log_msg(LL_ERROR, "reload refused, keeping the running configuration: the listen addresses changed "
-                          "(that needs a restart)");
-        config_release(next);
-        return;
-    }
-    if (policy_load(h->loop, next, err, sizeof err) < 0) {
-        log_msg(LL_ERROR, "reload refused, keeping the running configuration: %s", err);
-        config_release(next);
-        return;
-    }
-    if (log_open(next->error_log) < 0) /* reopened: log rotation works with a HUP */
-        log_msg(LL_ERROR, "cannot reopen error_log %s", next->error_log);
-    log_level = next->log_level;
-    listeners_use(next);
-    config_release(cfg);
-    cfg = next;
-    log_msg(LL_INFO, "reloaded: configuration %s, policy %s", cfg->path, cfg->policy);
-}
-
 /* postern -s reload|stop: signal the running postern named by pidfile. */
 static int send_signal(const char *conf, const char *what)
 {
-    int sig = strcmp(what, "reload") == 0 ? SIGHUP : strcmp(what, "stop") == 0 ? SIGTERM : 0;
+    static const struct {
+        const char *name;
+        int sig;
+    } names[] = { { "reload", SIGHUP }, { "quit", SIGQUIT }, { "stop", SIGTERM },
+                  { "reopen", SIGUSR1 }, { "upgrade", SIGUSR2 } };
+    int sig = 0;
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        if (strcmp(what, names[i].name) == 0)
+            sig = names[i].sig;
     if (!sig) {
-        fprintf(stderr, "postern: -s takes reload or stop\n");
+        fprintf(stderr, "postern: -s takes reload, quit, stop, reopen or upgrade\n");
         return 2;
     }
     char err[2048];
@@ -142,66 +98,40 @@ int main(int argc, char **argv)
         return send_signal(conf, sig);
 
     char err[2048];
-    cfg = config_load(conf, err, sizeof err);
+    config_t *cfg = config_load(conf, err, sizeof err);
     if (!cfg) {
         fprintf(stderr, "postern: %s\n", err);
         return 1;
     }
-    uv_loop_t *loop = uv_default_loop();
-    if (policy_load(loop, cfg, err, sizeof err) < 0) {
+    uv_loop_t check;
+    uv_loop_init(&check);
+    int rc = policy_load(&check, cfg, err, sizeof err);
+    policy_shutdown();
+    uv_run(&check, UV_RUN_DEFAULT);
+    uv_loop_close(&check);
+    if (rc < 0) {
         fprintf(stderr, "postern: %s\n", err);
         config_release(cfg);
         return 1;
     }
     if (test_only) {
-        policy_shutdown();
         config_release(cfg);
-        uv_loop_close(loop);
         printf("configuration ok\n");
         return 0;
     }
 
     signal(SIGPIPE, SIG_IGN);
     log_level = cfg->log_level;
-    int rc = log_open(cfg->error_log);
+    rc = log_open(cfg->error_log);
     if (rc < 0) {
         fprintf(stderr, "postern: error_log: cannot open %s: %s\n", cfg->error_log, strerror(-rc));
-        return 1;
-    }
-    if (listeners_start(loop, cfg, err, sizeof err) < 0) {
-        log_msg(LL_ERROR, "%s", err);
-        fprintf(stderr, "postern: %s\n", err);
-        listeners_stop();
-        policy_shutdown();
-        uv_run(loop, UV_RUN_DEFAULT);
-        uv_loop_close(loop);
         config_release(cfg);
-        log_close();
         return 1;
     }
-    if (cfg->pidfile) {
-        FILE *f = fopen(cfg->pidfile, "w");
-        if (f) {
-            fprintf(f, "%d\n", (int)getpid());
-            fclose(f);
-        }
-    }
-    uv_signal_init(loop, &sig_term);
-    uv_signal_start(&sig_term, on_stop, SIGTERM);
-    uv_signal_init(loop, &sig_int);
-    uv_signal_start(&sig_int, on_stop, SIGINT);
-    uv_signal_init(loop, &sig_hup);
-    uv_signal_start(&sig_hup, on_hup, SIGHUP);
-    log_msg(LL_INFO, "postern %s started, policy %s", POSTERN_VERSION, cfg->policy);
-
-    uv_run(loop, UV_RUN_DEFAULT);
-
-    log_msg(LL_INFO, "postern stopped");
-    if (cfg->pidfile)
-        unlink(cfg->pidfile);
-    uv_loop_close(loop);
-    config_release(cfg);
-    pool_drain();
+    if (cfg->user && geteuid() == 0 && cfg->error_log && strcmp(cfg->error_log, "stderr") != 0 &&
+        chown(cfg->error_log, (uid_t)cfg->uid, (gid_t)cfg->gid) < 0)
+        log_msg(LL_WARN, "cannot give %s to user %s: %s", cfg->error_log, cfg->user, strerror(errno));
+    rc = master_run(cfg, argv);
     log_close();
-    return 0;
+    return rc;
 }

@@ -70,6 +70,7 @@ static const proto_reply_t pop3_replies[REPLY_COUNT] = {
     [REPLY_TLS_ARGS] = { NULL, "STLS takes no arguments" },
     [REPLY_TLS_UNAVAILABLE] = { NULL, "STLS is not available on this port" },
     [REPLY_TLS_REQUIRED] = { NULL, "Use STLS first" }, /* starttls = "only" */
+    [REPLY_UNAVAILABLE] = { "-ERR [SYS/TEMP]", NULL }, /* RFC 3206 §4 */
 };
 
 static void pop3_reply(session_t *s, reply_t what, const char *status, const char *text)

@@ -40,6 +40,7 @@ static const struct {
     [REPLY_TLS_UNAVAILABLE] = { "STARTTLS is not available on this port", false, false },
     [REPLY_TLS_REQUIRED] = { "Use STARTTLS first", false, false },
     [REPLY_BYE] = { "Logging out", false, false },
+    [REPLY_UNAVAILABLE] = { "Service temporarily unavailable", false, false },
 };
 
 static void say(session_t *s, reply_t what, const char *text)

@@ -45,6 +45,7 @@ typedef enum {
     REPLY_TLS_UNAVAILABLE,  /* STARTTLS where it is not offered */
     REPLY_TLS_REQUIRED,     /* authentication before STARTTLS on a starttls = "only" listener */
     REPLY_BYE,              /* last words before the server closes (text: why) */
+    REPLY_UNAVAILABLE,      /* the same, for a temporary reason: try later (limits, shutdown) */
     REPLY_COUNT
 } reply_t;
 

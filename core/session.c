@@ -10,6 +10,7 @@
  * sequences them and owns what they share. */
 #include "session.h"
 
+#include "connlimit.h"
 #include "log.h"
 #include "login.h"
 #include "lua_policy.h"
@@ -32,6 +33,8 @@ static session_t *sessions;
 static int nsessions;
 static int nsessions_peak; /* since memory was last given back */
 static uint64_t next_id;
+static bool shutting_down;            /* a graceful stop: no new logins */
+static void (*on_drained)(void);      /* called when the last session is freed */
 
 static const conn_handler_t client_handler;
 static void session_free(session_t *s);
@@ -154,9 +157,45 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
     session_begin(s);
 }
 
+/* max_connections and max_connections_per_ip, counted across the workers
+ * once the client's address is known (after a PROXY header). Over a limit
+ * the client hears its protocol's "try later" before any greeting (on an
+ * implicit TLS port nothing: no handshake is spent on it) and is closed. */
+static bool within_limits(session_t *s)
+{
+    const config_t *c = s->cfg;
+    if (c->max_connections <= 0 && c->max_connections_per_ip <= 0)
+        return true;
+    if (connlimit_ip_key(s->client_ip, s->limit_ip) < 0)
+        memset(s->limit_ip, 0, sizeof s->limit_ip);
+    int rc = connlimit_acquire(s->limit_ip, c->max_connections, c->max_connections_per_ip);
+    if (rc == CONNLIMIT_OK) {
+        s->limit_counted = true;
+        return true;
+    }
+    const char *which = rc == CONNLIMIT_TOTAL ? "max_connections" : "max_connections_per_ip";
+    session_log(s, LL_WARN, "refused: %s (%d) reached", which,
+                rc == CONNLIMIT_TOTAL ? c->max_connections : c->max_connections_per_ip);
+    s->close_reason = rc == CONNLIMIT_TOTAL ? "max_connections reached" : "max_connections_per_ip reached";
+    if (s->listener->tls) {
+        session_close(s, s->close_reason);
+        return false;
+    }
+    conn_read_start(&s->client); /* to see the client go while the refusal is written */
+    s->phase = PHASE_PREAUTH;
+    session_set_timeout(s, c->timeout);
+    preauth_reply(s, REPLY_UNAVAILABLE,
+                  rc == CONNLIMIT_TOTAL ? "Too many connections, try again later"
+                                     : "Too many connections from your address, try again later");
+    session_quit(s);
+    return false;
+}
+
 /* The client's addresses are known: TLS on a TLS port, then session_ready. */
 static void session_begin(session_t *s)
 {
+    if (!within_limits(s))
+        return;
     if (s->listener->tls) { /* implicit TLS: the handshake comes before anything else */
         char err[100];
         if (conn_tls_server(&s->client, s->listener->tls_server, err, sizeof err) < 0) {
@@ -477,6 +516,48 @@ void session_close_all(void)
         session_close(s, "shutting down");
 }
 
+/* Last words for a session that has not logged in; true when it is done. */
+static bool shutdown_before_login(session_t *s)
+{
+    switch (s->phase) {
+    case PHASE_PROXY_HEADER:
+    case PHASE_TLS_HANDSHAKE:
+    case PHASE_CONNECT_HOOK:
+        session_close(s, "shutting down");
+        return true;
+    case PHASE_PREAUTH:
+        if (s->quit)
+            return true;
+        s->close_reason = "shutting down";
+        /* said even where the protocol closes silently on a timeout (POP3):
+         * a client told "temporary" retries instead of reporting an error */
+        preauth_reply(s, REPLY_UNAVAILABLE, "Server shutting down, try again later");
+        session_quit(s);
+        return true;
+    default: /* a login in progress finishes (a refusal then ends it); relays go on */
+        return false;
+    }
+}
+
+void session_drain(void (*drained)(void))
+{
+    on_drained = drained;
+    if (nsessions == 0 && on_drained) {
+        on_drained = NULL;
+        drained();
+    }
+}
+
+void session_shutdown(void (*drained)(void))
+{
+    shutting_down = true;
+    for (session_t *s = sessions, *next; s; s = next) {
+        next = s->next; /* closing never frees at once (handles close first), but be safe */
+        shutdown_before_login(s);
+    }
+    session_drain(drained);
+}
+
 void refusal_free(refusal_t *r)
 {
     if (!r)
@@ -509,6 +590,8 @@ static void session_free(session_t *s)
             s->next->prev = s->prev;
         nsessions--;
     }
+    if (s->limit_counted)
+        connlimit_release(s->limit_ip);
     relay_free(s->relay);
     refusal_free(s->pending_refusal);
     upstreams_free(s->upstreams, s->nupstreams);
@@ -525,6 +608,11 @@ static void session_free(session_t *s)
     config_release((config_t *)s->cfg);
     free(s);
     give_back_memory();
+    if (nsessions == 0 && on_drained) {
+        void (*cb)(void) = on_drained;
+        on_drained = NULL;
+        cb();
+    }
 }
 
 /* ---- timeouts ---- */
@@ -621,6 +709,11 @@ static void back_to_preauth(session_t *s)
     s->upstreams = NULL;
     s->nupstreams = s->upstream_idx = 0;
     s->upstream_name[0] = '\0';
+    if (shutting_down) {
+        s->phase = PHASE_PREAUTH;
+        shutdown_before_login(s);
+        return;
+    }
     if (s->login_attempt >= limit) {
         session_log(s, LL_INFO, envelope ? "client reached %d refused recipients" : "client reached max_login_attempts (%d)",
                     limit);

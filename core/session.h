@@ -91,6 +91,8 @@ typedef struct session {
     uint64_t bytes_in, bytes_out; /* client->upstream, upstream->client */
     uint64_t start_ms;
     const char *close_reason;
+    bool limit_counted;           /* holds one of the limits' counts, under limit_ip */
+    uint8_t limit_ip[16];
 
     struct session *prev, *next;  /* all live sessions */
 } session_t;
@@ -98,6 +100,13 @@ typedef struct session {
 /* Listener side. */
 void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l);
 void session_close_all(void);
+/* A graceful stop: sessions before login are told the server is shutting
+ * down and closed, logins in progress may finish, relaying sessions go on.
+ * drained() is called once no session is left (at once if none is). */
+void session_shutdown(void (*drained)(void));
+/* The same wait without a word to anyone: a worker whose listeners were
+ * replaced by a reload finishes its sessions, then drained(). */
+void session_drain(void (*drained)(void));
 int session_count(void);
 
 /* For protocol modules and the pre-auth engine. */

@@ -98,6 +98,7 @@ static const proto_reply_t sieve_replies[REPLY_COUNT] = {
     [REPLY_TOO_LONG] = { "BYE", NULL },
     [REPLY_TLS_REQUIRED] = { "NO (ENCRYPT-NEEDED)", NULL },
     [REPLY_BYE] = { "BYE", NULL },
+    [REPLY_UNAVAILABLE] = { "BYE (TRYLATER)", NULL }, /* RFC 5804 §1.3 */
 };
 
 /* status "text" (or, for a challenge, only the quoted base64) */

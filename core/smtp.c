@@ -116,11 +116,12 @@ static const proto_reply_t smtp_replies[REPLY_COUNT] = {
     [REPLY_TLS_UNAVAILABLE] = { "502 5.5.1", "STARTTLS not available" },
     [REPLY_TLS_REQUIRED] = { "530 5.7.0", "Must issue a STARTTLS command first" },
     [REPLY_BYE] = { "421 4.7.0", NULL },
+    [REPLY_UNAVAILABLE] = { "421 4.7.0", NULL },
 };
 
 static void smtp_reply(session_t *s, reply_t what, const char *status, const char *text)
 {
-    if (what == REPLY_BYE)
+    if (what == REPLY_BYE || what == REPLY_UNAVAILABLE)
         session_printf(s, "%s %s %s\r\n", status, s->cfg->server_name, text);
     else
         session_printf(s, "%s %s\r\n", status, text);

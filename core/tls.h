@@ -98,4 +98,9 @@ const char *tls_peer_verify_error(const tls_conn_t *t); /* its first reason, sta
 
 const char *tls_library_version(void);
 
+/* TEMP until the tickets branch merges */
+int tls_tickets_share(double lifetime_seconds);
+void tls_tickets_rotate(void);
+void tls_after_fork(void);
+
 #endif

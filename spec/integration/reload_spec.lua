@@ -125,12 +125,41 @@ describe("hot reload #reload", function()
     assert.matches("policy v1$", refusal())
   end)
 
-  it("refuses a change of listen addresses, which needs a restart", function()
+  it("opens a listener added to listen and closes a removed one", function()
     local conf = proxy.config
-    conf.listen = { conf.listen[1], { address = "127.0.0.1:" .. testing.free_port(), protocol = "imap" } }
+    local first = conf.listen[1]
+    local added = { address = "127.0.0.1:" .. testing.free_port(), protocol = "pop3" }
+    conf.listen = { first, added }
     testing.write_config(proxy.conf_path, conf)
     proxy:signal("HUP")
-    assert.truthy(proxy:wait_log("reload refused.*listen addresses changed"))
+    proxy:wait_log("reloaded: configuration")
+    local port = tonumber(added.address:match(":(%d+)$"))
+    local c = testing.client { port = port }
+    assert.matches("^%+OK", c:pop3())
+    c:close()
+    assert.matches("policy v1$", refusal())
+
+    conf.listen = { added }
+    testing.write_config(proxy.conf_path, conf)
+    proxy:signal("HUP")
+    assert.truthy(proxy:wait_log("no longer listening on 127%.0%.0%.1 port " .. proxy.port))
+    proxy:wait_log("reloaded: configuration")
+    local ok = pcall(testing.client, { port = proxy.port, timeout = 1 })
+    assert.is_false(ok, "the removed listener still accepts")
+    c = testing.client { port = port }
+    assert.matches("^%+OK", c:pop3())
+    c:close()
+  end)
+
+  it("refuses a listen address that cannot be bound, and keeps the running configuration", function()
+    local taken = require("socket").bind("127.0.0.1", 0)
+    local _, taken_port = taken:getsockname()
+    local conf = proxy.config
+    conf.listen = { conf.listen[1], { address = "127.0.0.1:" .. taken_port, protocol = "imap" } }
+    testing.write_config(proxy.conf_path, conf)
+    proxy:signal("HUP")
+    assert.truthy(proxy:wait_log("reload refused.*listen%[2%]: cannot listen on 127%.0%.0%.1:" .. taken_port))
+    taken:close()
     assert.matches("policy v1$", refusal())
   end)
 

@@ -94,9 +94,11 @@
 --     mock:wait_requests(n, timeout=3) -> requests, once at least n have arrived
 --     mock:connections() -> number of TCP connections accepted (keep-alive reuse shows here)
 --   testing.start(opts) -> proxy      opts: policy | policy_source, config, env
+--                                     (one worker unless config.workers says otherwise)
 --     proxy.port, proxy.ports, proxy.dir, proxy.log_path, proxy.conf_path, proxy.pid
 --     proxy:log() proxy:wait_log(pattern, timeout=3) proxy:signal("HUP")
 --     proxy:alive() proxy:stop() -> exit status
+--     proxy:workers() -> the worker processes' pids (proxy.pid is the master's)
 --   testing.check_config(table_or_path) -> ok, output
 --   testing.client{ port, host, bind, timeout } -> client
 --     c:send(data) c:line(timeout) c:expect(pattern, timeout) c:command(tag, text, timeout)
