@@ -648,9 +648,6 @@ static int read_config(check_t *c, config_t *cfg)
     if (cfg->pidfile) {
         p = config_path(cfg, cfg->pidfile);
         free(cfg->pidfile);
-    free(cfg->user);
-    free(cfg->policy_text);
-    free(cfg->group);
         cfg->pidfile = p;
     }
 
@@ -772,6 +769,9 @@ void config_free(config_t *cfg)
     free(cfg->policy);
     free(cfg->error_log);
     free(cfg->pidfile);
+    free(cfg->user);
+    free(cfg->group);
+    free(cfg->policy_text);
     free(cfg);
 }
 
