@@ -249,6 +249,52 @@ static int parse_address(const char *a, struct sockaddr_storage *ss, int *port)
     return inet_pton(AF_INET, host, &s4->sin_addr) == 1 ? 0 : -1;
 }
 
+/* proxy_protocol_trusted = { "10.0.0.0/8", "2001:db8::5", ... }: the
+ * senders whose PROXY headers are believed (absent: any). */
+static int read_trusted(check_t *c, const char *path, listen_conf_t *l)
+{
+    lua_State *L = c->L;
+    char kp[256];
+    int t = get_field(c, path, "proxy_protocol_trusted", kp, sizeof kp);
+    int rc = 0;
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    int n = t == LUA_TTABLE ? (int)lua_objlen(L, -1) : 0, count = 0;
+    if (t == LUA_TTABLE) { /* a list, nothing but its entries */
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            count++;
+        }
+    }
+    if (t != LUA_TTABLE || count != n) {
+        rc = fail(c, kp, "expected a list of addresses or networks, e.g. { \"10.0.0.0/8\", \"2001:db8::5\" }");
+    } else if (n == 0) {
+        rc = fail(c, kp, "an empty list trusts no sender: list the load balancers' addresses");
+    } else if (!l->proxy_protocol) {
+        rc = fail(c, kp, "needs proxy_protocol = true on this listener");
+    } else {
+        l->proxy_trusted = xcalloc((size_t)n, sizeof *l->proxy_trusted);
+        l->nproxy_trusted = n;
+        for (int i = 1; i <= n && rc == 0; i++) {
+            lua_rawgeti(L, -1, i);
+            char ip[300];
+            snprintf(ip, sizeof ip, "%s[%d]", kp, i);
+            const char *why = NULL;
+            if (lua_type(L, -1) != LUA_TSTRING)
+                rc = fail(c, ip, "expected a string such as \"10.0.0.0/8\", got %s",
+                          lua_typename(L, lua_type(L, -1)));
+            else if (cidr_parse(lua_tostring(L, -1), &l->proxy_trusted[i - 1], &why) < 0)
+                rc = fail(c, ip, "\"%s\": %s", lua_tostring(L, -1), why);
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    return rc;
+}
+
 static const struct { const char *name; unsigned bit; } auth_names[] = {
     { "login", AUTH_LOGIN }, { "plain", AUTH_PLAIN }, { "cram-md5", AUTH_CRAM_MD5 },
     { "external", AUTH_EXTERNAL }, { "user", AUTH_USER }, { "apop", AUTH_APOP },
@@ -267,7 +313,8 @@ static int proto_index(const proto_t *p)
 static int read_listener(check_t *c, config_t *cfg, int i, char *const global_caps[])
 {
     static const char *const base_keys[] = { "address", "protocol", "auth", "starttls", "tls", "capabilities",
-                                             "verify_client", "client_ca", "proxy_protocol" };
+                                             "verify_client", "client_ca", "proxy_protocol",
+                                             "proxy_protocol_trusted" };
     enum { NBASE = sizeof base_keys / sizeof *base_keys };
     const char *keys[NBASE + PROTO_MAX_OPTIONS + 1];
     int nkeys = 0;
@@ -356,7 +403,8 @@ static int read_listener(check_t *c, config_t *cfg, int i, char *const global_ca
         if (bad)
             return fail(c, kp, "must be \"off\", \"on\" or \"only\"");
     }
-    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0)
+    if (opt_bool(c, path, "tls", &l->tls) < 0 || opt_bool(c, path, "proxy_protocol", &l->proxy_protocol) < 0 ||
+        read_trusted(c, path, l) < 0)
         return PT_ERROR;
     for (int k = 0; k < proto_option_count() && k < PROTO_MAX_OPTIONS; k++) { /* SMTP's xclient... */
         bool on = false;
@@ -749,6 +797,7 @@ void config_free(config_t *cfg)
         free(cfg->listen[i].capabilities);
         free(cfg->listen[i].capabilities_starttls);
         free(cfg->listen[i].client_ca);
+        free(cfg->listen[i].proxy_trusted);
         tls_server_unref(cfg->listen[i].tls_server);
     }
     for (int i = 0; i < cfg->ntls_certs; i++) {

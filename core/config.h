@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <sys/socket.h>
 
+#include "proxy_proto.h"
+
 struct proto;
 struct tls_server;
 
@@ -38,6 +40,8 @@ typedef struct listen_conf {
     bool tls;                      /* implicit TLS (993, 995, 465) */
     unsigned opt_on;               /* the protocols' boolean options (SMTP's xclient), by proto_option_index() */
     bool proxy_protocol;           /* a PROXY v1/v2 header from a load balancer precedes everything */
+    cidr_t *proxy_trusted;         /* proxy_protocol_trusted: the balancers; NULL: any sender */
+    int nproxy_trusted;
     int verify_client;             /* 0 off, 1 optional, 2 required */
     char *client_ca;
     char *capabilities;            /* pre-auth capabilities, "\n"-separated entries */

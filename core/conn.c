@@ -134,6 +134,13 @@ static int sock_addr(conn_t *c, int (*get)(const uv_tcp_t *, struct sockaddr *, 
     return conn_addr_text(&ss, ip, iplen, port);
 }
 
+int conn_peer_addr(conn_t *c, struct sockaddr_storage *ss)
+{
+    int len = sizeof *ss;
+    memset(ss, 0, sizeof *ss);
+    return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &len) == 0 ? PT_OK : PT_ERROR;
+}
+
 int conn_peer(conn_t *c, char *ip, size_t iplen, int *port)
 {
     return sock_addr(c, uv_tcp_getpeername, ip, iplen, port);

@@ -84,6 +84,8 @@ int conn_accept(conn_t *c, uv_stream_t *server);
 /* Addresses of the socket as text: PT_OK or PT_ERROR. */
 int conn_peer(conn_t *c, char *ip, size_t iplen, int *port);
 int conn_local(conn_t *c, char *ip, size_t iplen, int *port);
+/* The peer's address itself: PT_OK or PT_ERROR (ss zeroed). */
+int conn_peer_addr(conn_t *c, struct sockaddr_storage *ss);
 /* The same for an address the caller has (a listener's). */
 int conn_addr_text(const struct sockaddr_storage *ss, char *ip, size_t iplen, int *port);
 

@@ -177,3 +177,102 @@ size_t proxy_format(int version, const char *src_ip, int src_port, const char *d
     }
     return 16 + body;
 }
+
+/* ---- trusted senders ---- */
+
+static const unsigned char V4_MAPPED[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+
+/* The first `prefix` bits of a and b are the same. */
+static bool prefix_equal(const unsigned char *a, const unsigned char *b, int prefix)
+{
+    int bytes = prefix / 8, bits = prefix % 8;
+    if (memcmp(a, b, (size_t)bytes) != 0)
+        return false;
+    if (bits == 0)
+        return true;
+    unsigned char mask = (unsigned char)(0xff << (8 - bits));
+    return (a[bytes] & mask) == (b[bytes] & mask);
+}
+
+int cidr_parse(const char *text, cidr_t *out, const char **err)
+{
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(text, '/');
+    size_t hl = slash ? (size_t)(slash - text) : strlen(text);
+    if (hl == 0 || hl >= sizeof host) {
+        *err = "not an IPv4 or IPv6 address";
+        return -1;
+    }
+    memcpy(host, text, hl);
+    host[hl] = '\0';
+    memset(out, 0, sizeof *out);
+    int max;
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        *err = "not an IPv4 or IPv6 address";
+        return -1;
+    }
+    out->prefix = max;
+    if (slash) {
+        const char *p = slash + 1;
+        int v = 0;
+        if (!*p || strlen(p) > 3 || (p[0] == '0' && p[1])) {
+            *err = "bad prefix length after /";
+            return -1;
+        }
+        for (; *p; p++) {
+            if (*p < '0' || *p > '9') {
+                *err = "bad prefix length after /";
+                return -1;
+            }
+            v = v * 10 + (*p - '0');
+        }
+        if (v > max) {
+            *err = max == 32 ? "prefix length above 32" : "prefix length above 128";
+            return -1;
+        }
+        out->prefix = v;
+    }
+    for (int bit = out->prefix; bit < max; bit++)
+        if (out->addr[bit / 8] & (0x80 >> (bit % 8))) {
+            *err = "address bits set past the prefix length (write the network's first address)";
+            return -1;
+        }
+    if (out->family == AF_INET6 && out->prefix >= 96 && memcmp(out->addr, V4_MAPPED, 12) == 0) {
+        memmove(out->addr, out->addr + 12, 4);
+        memset(out->addr + 4, 0, 12);
+        out->family = AF_INET;
+        out->prefix -= 96;
+    }
+    return 0;
+}
+
+bool proxy_trusted(const cidr_t *list, int n, const struct sockaddr *peer)
+{
+    unsigned char a[16];
+    int family;
+    if (peer->sa_family == AF_INET) {
+        memcpy(a, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+        family = AF_INET;
+    } else if (peer->sa_family == AF_INET6) {
+        const unsigned char *b = ((const struct sockaddr_in6 *)peer)->sin6_addr.s6_addr;
+        if (memcmp(b, V4_MAPPED, 12) == 0) {
+            memcpy(a, b + 12, 4);
+            family = AF_INET;
+        } else {
+            memcpy(a, b, 16);
+            family = AF_INET6;
+        }
+    } else {
+        return false;
+    }
+    for (int i = 0; i < n; i++)
+        if (list[i].family == family && prefix_equal(a, list[i].addr, list[i].prefix))
+            return true;
+    return false;
+}

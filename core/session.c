@@ -129,11 +129,22 @@ void session_accept(uv_stream_t *server, config_t *cfg, const listen_conf_t *l)
         conn_close(&s->client);
         return;
     }
+    struct sockaddr_storage peer;
+    if (conn_peer_addr(&s->client, &peer) == PT_OK)
+        conn_addr_text(&peer, s->client_ip, sizeof s->client_ip, &s->client_port);
+    if (l->proxy_trusted && !proxy_trusted(l->proxy_trusted, l->nproxy_trusted, (const struct sockaddr *)&peer)) {
+        /* anyone else could claim any client address: not a byte read,
+         * not a word said, no session (no id, no hooks) */
+        log_msg(LL_WARN, "PROXY protocol sender %s is not in proxy_protocol_trusted of listener %s: closed",
+                s->client_ip[0] ? s->client_ip : "(unknown)", l->address);
+        s->phase = PHASE_CLOSING;
+        conn_close(&s->client);
+        return;
+    }
     s->id = ++next_id;
     uv_timer_init(s->loop, &s->timer);
     s->timer.data = s;
     s->handles++;
-    conn_peer(&s->client, s->client_ip, sizeof s->client_ip, &s->client_port);
     local_address(s);
     conn_set_handler(&s->client, &client_handler, s);
 

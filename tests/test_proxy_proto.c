@@ -1,10 +1,122 @@
 /* Unit tests of the PROXY protocol parser and formatter: every header a
- * balancer sends, cut at every length, and what must be refused. */
+ * balancer sends, cut at every length, and what must be refused; and the
+ * trusted senders' networks (proxy_protocol_trusted): parsed, matched. */
 #include "check.h"
 #include "proxy_proto.h"
 #include "status.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 static const char V2SIG[] = "\r\n\r\n\0\r\nQUIT\n";
+
+/* A peer address as accept() gives it: AF_INET for a dotted quad, AF_INET6
+ * otherwise (so "::ffff:10.1.2.3" is an IPv4-mapped IPv6 peer). */
+static struct sockaddr_storage peer(const char *ip)
+{
+    struct sockaddr_storage ss;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, ip, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons(40000);
+    } else if (inet_pton(AF_INET6, ip, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons(40000);
+    }
+    return ss;
+}
+
+/* peer ip against the networks in texts (all must parse) */
+static int trusted(const char *ip, const char *const *texts, int n)
+{
+    cidr_t list[8];
+    for (int i = 0; i < n; i++) {
+        const char *err = NULL;
+        if (cidr_parse(texts[i], &list[i], &err) != 0) {
+            fprintf(stderr, "cidr_parse(\"%s\"): %s\n", texts[i], err);
+            return -1;
+        }
+    }
+    struct sockaddr_storage ss = peer(ip);
+    return proxy_trusted(list, n, (const struct sockaddr *)&ss);
+}
+
+static void test_trusted(void)
+{
+    cidr_t c;
+    const char *err = NULL;
+    CHECK_INT(cidr_parse("10.0.0.0/8", &c, &err), 0);
+    CHECK(c.family == AF_INET && c.prefix == 8 && c.addr[0] == 10);
+    CHECK_INT(cidr_parse("192.0.2.7", &c, &err), 0); /* no prefix: the host */
+    CHECK_INT(c.prefix, 32);
+    CHECK_INT(cidr_parse("2001:db8::5", &c, &err), 0);
+    CHECK(c.family == AF_INET6 && c.prefix == 128);
+    CHECK_INT(cidr_parse("2001:db8::/32", &c, &err), 0);
+    CHECK_INT(c.prefix, 32);
+    CHECK_INT(cidr_parse("0.0.0.0/0", &c, &err), 0);
+    CHECK_INT(cidr_parse("::/0", &c, &err), 0);
+    CHECK_INT(cidr_parse("::ffff:10.0.0.0/104", &c, &err), 0); /* stored as the IPv4 network */
+    CHECK(c.family == AF_INET && c.prefix == 8 && c.addr[0] == 10 && c.addr[1] == 0);
+    CHECK_INT(cidr_parse("::ffff:192.0.2.7", &c, &err), 0);
+    CHECK(c.family == AF_INET && c.prefix == 32 && c.addr[3] == 7);
+
+    const char *bad[] = {
+        "", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/+8", "10.0.0.0/08", "10.0.0.0/8x",
+        "10.0.0.0/8/8", "10.0.0/8", "10.0.0.256", "2001:db8::/129", "2001:db8::/1000", "example.com",
+        "10.0.0.1/8",      /* bits past the prefix */
+        "2001:db8::1/64",
+        "fe80::1%eth0",    /* no zones */
+        " 10.0.0.1",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err = NULL;
+        CHECK_INT(cidr_parse(bad[i], &c, &err), -1);
+        if (!err)
+            fprintf(stderr, "no reason for \"%s\"\n", bad[i]);
+        CHECK(err != NULL);
+    }
+
+    const char *lb[] = { "127.0.0.1/32", "10.1.0.0/16", "192.0.2.128/25", "2001:db8:1::/48" };
+    CHECK_INT(trusted("127.0.0.1", lb, 4), 1);
+    CHECK_INT(trusted("127.0.0.3", lb, 4), 0);
+    CHECK_INT(trusted("10.1.255.254", lb, 4), 1);
+    CHECK_INT(trusted("10.2.0.1", lb, 4), 0);
+    CHECK_INT(trusted("192.0.2.128", lb, 4), 1);
+    CHECK_INT(trusted("192.0.2.255", lb, 4), 1);
+    CHECK_INT(trusted("192.0.2.127", lb, 4), 0);
+    CHECK_INT(trusted("2001:db8:1:ffff::9", lb, 4), 1);
+    CHECK_INT(trusted("2001:db8:2::9", lb, 4), 0);
+    CHECK_INT(trusted("::ffff:127.0.0.1", lb, 4), 1); /* a dual-stack listener's IPv4 peer */
+    CHECK_INT(trusted("::ffff:10.1.2.3", lb, 4), 1);
+    CHECK_INT(trusted("::ffff:127.0.0.3", lb, 4), 0);
+    CHECK_INT(trusted("::1", lb, 4), 0);
+    CHECK_INT(trusted("::127.0.0.1", lb, 4), 0); /* IPv4-compatible is not IPv4-mapped */
+    CHECK_INT(trusted("127.0.0.1", lb, 0), 0);   /* an empty list trusts nobody */
+
+    const char *mapped[] = { "::ffff:10.0.0.0/104" }; /* the IPv4 network, written as IPv6 */
+    CHECK_INT(trusted("10.9.9.9", mapped, 1), 1);
+    CHECK_INT(trusted("::ffff:10.9.9.9", mapped, 1), 1);
+    CHECK_INT(trusted("11.0.0.1", mapped, 1), 0);
+
+    const char *odd[] = { "192.0.2.0/27", "2001:db8::/33", "0.0.0.0/0" };
+    CHECK_INT(trusted("192.0.2.31", odd, 1), 1);
+    CHECK_INT(trusted("192.0.2.32", odd, 1), 0);
+    CHECK_INT(trusted("2001:db8:7fff::1", odd + 1, 1), 1);
+    CHECK_INT(trusted("2001:db8:8000::1", odd + 1, 1), 0);
+    CHECK_INT(trusted("203.0.113.1", odd + 2, 1), 1); /* /0: every IPv4 sender */
+    CHECK_INT(trusted("::ffff:203.0.113.1", odd + 2, 1), 1);
+    CHECK_INT(trusted("2001:db8::1", odd + 2, 1), 0);  /* but no IPv6 one */
+
+    struct sockaddr_storage unix_peer;
+    memset(&unix_peer, 0, sizeof unix_peer);
+    unix_peer.ss_family = AF_UNIX;
+    cidr_t all;
+    CHECK_INT(cidr_parse("0.0.0.0/0", &all, &err), 0);
+    CHECK(!proxy_trusted(&all, 1, (const struct sockaddr *)&unix_peer));
+}
 
 int main(void)
 {
@@ -121,5 +233,7 @@ int main(void)
         bad_len += r > (int)len;
     }
     CHECK_INT(bad_len, 0);
+
+    test_trusted();
     CHECK_DONE();
 }

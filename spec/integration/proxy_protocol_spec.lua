@@ -3,7 +3,9 @@
 --    each connection starts with a v1 or v2 header, whose addresses become
 --    s.client_ip / s.client_port / s.local_ip / s.local_port (the
 --    balancer's own address is s.peer_ip); a connection without a valid
---    header is closed without a greeting;
+--    header is closed without a greeting; with proxy_protocol_trusted,
+--    a connection from a sender outside those networks is closed at once,
+--    before a byte is read, with a warning naming it;
 --  * an upstream with proxy_protocol = 1 or 2 gets a header with the
 --    client's address before anything else (before TLS too), so a Dovecot
 --    with haproxy = yes logs the real client.
@@ -175,6 +177,116 @@ describe("a listener with proxy_protocol = true", function()
     }
     assert.is_false(ok)
     assert.matches("listen%[1%]%.proxy_protocol", out)
+  end)
+end)
+
+describe("a listener with proxy_protocol_trusted", function()
+  local backend, proxy, port
+
+  setup(function()
+    backend = testing.mock_imap { name = "pp-trusted-backend" }
+    port = testing.free_port()
+    proxy = testing.start {
+      policy_source = reporting_policy(backend.port),
+      config = {
+        listen = {
+          { address = "127.0.0.1:" .. port, protocol = "imap", proxy_protocol = true,
+            proxy_protocol_trusted = { "192.0.2.0/24", "127.0.0.1/32", "2001:db8::/32" } },
+        },
+        timeout = 5,
+      },
+    }
+  end)
+
+  teardown(function()
+    if proxy then proxy:stop() end
+    if backend then backend:stop() end
+  end)
+
+  it("serves a sender in the list with the client address of its header", function()
+    local c = testing.client { port = port, bind = "127.0.0.1" }
+    c:send("PROXY TCP4 198.51.100.77 198.51.100.1 41000 143\r\n")
+    c:expect("^%* OK")
+    assert.matches("^a1 OK", c:command("a1", "LOGIN alice secret"))
+    assert.matches("client=198%.51%.100%.77:41000 .*peer=127%.0%.0%.1 ",
+      proxy:wait_log("saw client=198%.51%.100%.77"))
+    c:close()
+  end)
+
+  it("closes a sender outside the list at once, without a greeting, and says so", function()
+    local c = testing.client { port = port, bind = "127.0.0.3" }
+    -- well within timeout (5 s): not the wait for a header that never comes
+    assert.is_true(c:closed(2))
+    assert.equals("", c.buf)
+    local line = proxy:wait_log("PROXY protocol sender 127%.0%.0%.3 ")
+    assert.matches("%[warn%]", line)
+    assert.matches("PROXY protocol sender 127%.0%.0%.3 is not in proxy_protocol_trusted of listener 127%.0%.0%.1:"
+      .. port .. ": closed$", line)
+    -- no session was started for it: no "client connected", no header read
+    assert.is_nil(proxy:log():find("client: 127%.0%.0%.3:"))
+    -- the trusted sender is still served
+    local ok = testing.client { port = port, bind = "127.0.0.1" }
+    ok:send("PROXY TCP4 198.51.100.78 198.51.100.1 41001 143\r\n")
+    ok:expect("^%* OK")
+    ok:close()
+  end)
+
+  it("takes a changed list on reload, for new connections", function()
+    local conf = proxy.config
+    conf.listen[1].proxy_protocol_trusted = { "127.0.0.3" }
+    testing.write_config(proxy.conf_path, conf)
+    proxy:signal("HUP")
+    proxy:wait_log("reloaded: configuration")
+    local c = testing.client { port = port, bind = "127.0.0.3" }
+    c:send("PROXY TCP4 198.51.100.79 198.51.100.1 41002 143\r\n")
+    c:expect("^%* OK")
+    c:close()
+    c = testing.client { port = port, bind = "127.0.0.1" }
+    assert.is_true(c:closed(2))
+    assert.equals("", c.buf)
+    proxy:wait_log("PROXY protocol sender 127%.0%.0%.1 is not in proxy_protocol_trusted")
+  end)
+
+  it("is checked by postern -t", function()
+    local policy = os.getenv("PWD") .. "/scripts/route_by_ip.lua"
+    local function check(listener)
+      listener.address = "127.0.0.1:1143"
+      listener.protocol = "imap"
+      return testing.check_config { policy = policy, listen = { listener } }
+    end
+    local ok, out = check { proxy_protocol = true, proxy_protocol_trusted = { "10.0.0.0/8", "::ffff:192.0.2.1", "2001:db8::5" } }
+    assert.is_true(ok, out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = { "10.0.0.0/8", "10.0.0.300" } }
+    assert.is_false(ok)
+    assert.matches('listen%[1%]%.proxy_protocol_trusted%[2%]: "10%.0%.0%.300": not an IPv4 or IPv6 address', out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = { "10.0.0.0/33" } }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted%[1%]: .*prefix length above 32", out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = { "10.0.0.1/8" } }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted%[1%]: .*bits set past the prefix", out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = "10.0.0.0/8" }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted: expected a list", out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = { 10 } }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted%[1%]: expected a string", out)
+
+    ok, out = check { proxy_protocol = true, proxy_protocol_trusted = {} }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted: an empty list trusts no sender", out)
+
+    ok, out = check { proxy_protocol_trusted = { "10.0.0.0/8" } }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted: needs proxy_protocol = true", out)
+    ok, out = check { proxy_protocol = false, proxy_protocol_trusted = { "10.0.0.0/8" } }
+    assert.is_false(ok)
+    assert.matches("listen%[1%]%.proxy_protocol_trusted: needs proxy_protocol = true", out)
   end)
 end)
 
