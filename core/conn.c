@@ -141,11 +141,6 @@ int conn_peer_addr(conn_t *c, struct sockaddr_storage *ss)
     return uv_tcp_getpeername(&c->tcp, (struct sockaddr *)ss, &len) == 0 ? PT_OK : PT_ERROR;
 }
 
-int conn_peer(conn_t *c, char *ip, size_t iplen, int *port)
-{
-    return sock_addr(c, uv_tcp_getpeername, ip, iplen, port);
-}
-
 int conn_local(conn_t *c, char *ip, size_t iplen, int *port)
 {
     return sock_addr(c, uv_tcp_getsockname, ip, iplen, port);

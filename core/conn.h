@@ -81,8 +81,7 @@ void conn_set_handler(conn_t *c, const conn_handler_t *h, void *data);
 /* Accepts from a listening socket: PT_OK or PT_ERROR. */
 int conn_accept(conn_t *c, uv_stream_t *server);
 
-/* Addresses of the socket as text: PT_OK or PT_ERROR. */
-int conn_peer(conn_t *c, char *ip, size_t iplen, int *port);
+/* The socket's local address as text: PT_OK or PT_ERROR. */
 int conn_local(conn_t *c, char *ip, size_t iplen, int *port);
 /* The peer's address itself: PT_OK or PT_ERROR (ss zeroed). */
 int conn_peer_addr(conn_t *c, struct sockaddr_storage *ss);

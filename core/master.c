@@ -124,7 +124,7 @@ static void tell(worker_t *w, char msg)
 {
     w->told = true;
     if (w->chan >= 0 && write(w->chan, &msg, 1) != 1)
-        kill(w->pid, msg == CHAN_QUIT ? SIGQUIT : SIGTERM);
+        kill(w->pid, SIGQUIT); /* the channel is gone: the signal is the nearest thing */
 }
 
 /* ---- starting workers ---- */
@@ -379,15 +379,21 @@ static void stop(int how)
     if (how == IMMEDIATE && state == IMMEDIATE)
         return;
     sd_notify_stopping();
-    log_msg(LL_INFO, how == GRACEFUL ? "stopping gracefully (shutdown_timeout %gs)" : "stopping now",
+    log_msg(LL_INFO,
+            how != GRACEFUL   ? "stopping now"
+            : upgrade_pid     ? "stopping gracefully, handing over to the new master (shutdown_timeout %gs)"
+                              : "stopping gracefully (shutdown_timeout %gs)",
             cfg->shutdown_timeout);
     state = how;
     listen_sockets_close_all();
+    /* after an upgrade the new master serves: a session before login may
+     * as well finish its login here (only a plain stop turns them away) */
+    bool handover = upgrade_pid != 0;
     for (int i = 0; i < CONNLIMIT_SLOTS; i++) {
         if (!workers[i].pid)
             continue;
         if (how == GRACEFUL)
-            tell(&workers[i], CHAN_QUIT);
+            tell(&workers[i], handover ? CHAN_HANDOVER : CHAN_QUIT);
         else {
             workers[i].told = true;
             kill(workers[i].pid, SIGTERM);

@@ -5,6 +5,8 @@
  *   retire (a reload)   stop accepting; sessions go on to their end
  *   quit (SIGQUIT)      stop accepting; sessions before login hear "shutting
  *                       down"; relaying sessions go on until shutdown_timeout
+ *   handover            the same after an upgrade, when a new master accepts:
+ *                       nobody is told to go, every session gets shutdown_timeout
  *   SIGTERM, SIGINT     close everything now
  *
  * The master's end of the channel closing (the master died) is a quit. */
@@ -71,7 +73,9 @@ static void on_shutdown_timeout(uv_timer_t *t)
     session_close_all();
 }
 
-static void quit_gracefully(const char *why)
+/* handover: another master accepts now, so nobody is told to go; the
+ * sessions only get shutdown_timeout to end */
+static void quit_gracefully(const char *why, bool handover)
 {
     if (stopping)
         return;
@@ -80,7 +84,10 @@ static void quit_gracefully(const char *why)
     if (!retiring)
         listeners_stop();
     uv_timer_start(&shutdown_timer, on_shutdown_timeout, (uint64_t)(cfg->shutdown_timeout * 1000), 0);
-    session_shutdown(finish);
+    if (handover)
+        session_drain(finish);
+    else
+        session_shutdown(finish);
 }
 
 static void retire(void)
@@ -98,7 +105,7 @@ static void on_signal(uv_signal_t *h, int signum)
     (void)h;
     switch (signum) {
     case SIGQUIT:
-        quit_gracefully("SIGQUIT");
+        quit_gracefully("SIGQUIT", false);
         break;
     case SIGUSR1:
         if (log_open(cfg->error_log) < 0)
@@ -129,14 +136,16 @@ static void chan_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b)
     if (n < 0) { /* the master is gone */
         uv_read_stop(st);
         close_if_open((uv_handle_t *)&chan_pipe);
-        quit_gracefully("the master process is gone");
+        quit_gracefully("the master process is gone", false);
         return;
     }
     for (ssize_t i = 0; i < n; i++) {
         if (b->base[i] == CHAN_RETIRE)
             retire();
         else if (b->base[i] == CHAN_QUIT)
-            quit_gracefully("stop requested");
+            quit_gracefully("stop requested", false);
+        else if (b->base[i] == CHAN_HANDOVER)
+            quit_gracefully("handing over to a new master", true);
     }
 }
 

@@ -9,6 +9,8 @@ enum {
     CHAN_READY = 'R',  /* worker -> master: accepting */
     CHAN_RETIRE = 'r', /* master -> worker: a reload replaced you; finish your sessions */
     CHAN_QUIT = 'q',   /* master -> worker: graceful stop */
+    CHAN_HANDOVER = 'h', /* master -> worker: graceful stop while a new master serves (after an
+                          * upgrade): sessions before login may finish their login too */
 };
 
 /* Runs the worker until it stops; returns its exit status. fds are the
