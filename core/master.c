@@ -171,6 +171,7 @@ static int spawn(config_t *c, const int *lfds, int g, int index)
         child_setup(-1);
         listen_sockets_close_except(lfds, c->nlisten);
         int rc = worker_run(c, lfds, sv[1], slot);
+        pool_drain();
         log_close();
         exit(rc);
     }

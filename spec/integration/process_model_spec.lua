@@ -214,7 +214,11 @@ describe("graceful stop #process", function()
     proxy:signal("QUIT")
     assert.matches("^%* BYE %[UNAVAILABLE%] Server shutting down", waiting:line(3))
     assert.is_true(waiting:closed(2))
-    proxy:wait_log("stopping gracefully")
+    -- each worker closes its listening socket when it hears the master
+    assert.truthy(wait_until(3, function()
+      local _, n = proxy:log():gsub("stop requested: stopping gracefully", "")
+      return n == 2
+    end))
     assert.is_false((pcall(testing.client, { port = proxy.port, timeout = 1 })), "still accepting")
     -- the relaying session goes on
     local t2, untagged = relaying:command("a2", 'LIST "" *')
