@@ -421,7 +421,7 @@ describe("privileges #process", function()
   end)
 
   it("refuses an unknown user in postern -t", function()
-    local ok, out = testing.check_config { policy = "scripts/static_users.lua", user = "no-such-user-here",
+    local ok, out = testing.check_config { policy = testing.root .. "/scripts/static_users.lua", user = "no-such-user-here",
       listen = { { address = "127.0.0.1:1", protocol = "imap" } } }
     assert.is_false(ok)
     assert.matches("user: no such user \"no%-such%-user%-here\"", out)
@@ -588,5 +588,42 @@ describe("TLS resumption across workers #process #tls", function()
     assert.is_true(other_worker_resumed > 0, "every connection went to the issuing worker:\n" .. out)
     proxy:stop()
     backend:stop()
+  end)
+end)
+
+describe("process model configuration #process", function()
+  local function check(extra)
+    local conf = { policy = testing.root .. "/scripts/static_users.lua", listen = { { address = "127.0.0.1:1", protocol = "imap" } } }
+    for k, v in pairs(extra) do conf[k] = v end
+    return testing.check_config(conf)
+  end
+
+  it("takes workers = \"auto\" or a number from 1 to 64", function()
+    assert.is_true((check { workers = "auto" }))
+    assert.is_true((check { workers = 4 }))
+    local ok, out = check { workers = "many" }
+    assert.is_false(ok)
+    assert.matches("workers: must be \"auto\" or a number of processes", out)
+    ok, out = check { workers = 0 }
+    assert.is_false(ok)
+    assert.matches("workers", out)
+    assert.is_false((check { workers = 65 }))
+  end)
+
+  it("checks the limits and shutdown_timeout", function()
+    assert.is_true((check { max_connections = 10000, max_connections_per_ip = 20, shutdown_timeout = 5 }))
+    assert.is_false((check { max_connections = -1 }))
+    assert.is_false((check { max_connections_per_ip = "ten" }))
+    assert.is_false((check { shutdown_timeout = -1 }))
+  end)
+
+  it("wants user with group", function()
+    local ok, out = check { group = "nogroup" }
+    assert.is_false(ok)
+    assert.matches("group: needs user as well", out)
+    assert.is_true((check { user = "nobody", group = "nogroup" }))
+    ok, out = check { user = "nobody", group = "no-such-group-here" }
+    assert.is_false(ok)
+    assert.matches("group: no such group", out)
   end)
 end)
