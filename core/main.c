@@ -4,6 +4,7 @@
 #include "log.h"
 #include "lua_policy.h"
 #include "pool.h"
+#include "sd_notify.h"
 #include "session.h"
 
 #include <luajit.h>
@@ -17,7 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_signal_t sig_term, sig_int, sig_hup, sig_quit;
 static config_t *cfg;
 
 static void usage(void)
@@ -38,10 +39,12 @@ static void print_versions(void)
 static void on_stop(uv_signal_t *h, int signum)
 {
     (void)h;
+    sd_notify_stopping();
     log_msg(LL_INFO, "signal %d received, shutting down", signum);
     uv_signal_stop(&sig_term);
     uv_signal_stop(&sig_int);
     uv_signal_stop(&sig_hup);
+    uv_close((uv_handle_t *)&sig_quit, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
     uv_close((uv_handle_t *)&sig_hup, NULL);
@@ -54,7 +57,7 @@ static void on_stop(uv_signal_t *h, int signum)
  * both; sessions already running keep what they started with (each pins
  * its config and policy). Anything that fails to load is refused with a
  * log line and the running configuration stays in force. */
-static void on_hup(uv_signal_t *h, int signum)
+static void reload(uv_signal_t *h, int signum)
 {
     (void)signum;
     char err[2048];
@@ -82,6 +85,14 @@ static void on_hup(uv_signal_t *h, int signum)
     config_release(cfg);
     cfg = next;
     log_msg(LL_INFO, "reloaded: configuration %s, policy %s", cfg->path, cfg->policy);
+}
+
+/* systemd sees the reload begin and end (refused or not) */
+static void on_hup(uv_signal_t *h, int signum)
+{
+    sd_notify_reloading();
+    reload(h, signum);
+    sd_notify_ready();
 }
 
 /* postern -s reload|stop: signal the running postern named by pidfile. */
@@ -192,7 +203,10 @@ int main(int argc, char **argv)
     uv_signal_start(&sig_int, on_stop, SIGINT);
     uv_signal_init(loop, &sig_hup);
     uv_signal_start(&sig_hup, on_hup, SIGHUP);
+    uv_signal_init(loop, &sig_quit); /* the unit's KillSignal: until the master's graceful QUIT, a stop */
+    uv_signal_start(&sig_quit, on_stop, SIGQUIT);
     log_msg(LL_INFO, "postern %s started, policy %s", POSTERN_VERSION, cfg->policy);
+    sd_notify_ready();
 
     uv_run(loop, UV_RUN_DEFAULT);
 
