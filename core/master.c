@@ -499,6 +499,13 @@ static void read_channel(worker_t *w)
 
 static int initial_ready = 0;
 
+/* session-ticket keys rotate every tls.ticket_lifetime (of the
+ * configuration in force: a reload may change it) */
+static uint64_t ticket_rotation_ms(void)
+{
+    return (uint64_t)((cfg->tls_ticket_lifetime > 0 ? cfg->tls_ticket_lifetime : 3600) * 1000);
+}
+
 int master_run(config_t *c, char **argv)
 {
     cfg = c;
@@ -533,7 +540,7 @@ int master_run(config_t *c, char **argv)
         unsetenv("POSTERN_LISTEN_FDS");
     }
     fds = xcalloc((size_t)cfg->nlisten + 1, sizeof *fds);
-    if (connlimit_init() < 0 || tls_tickets_share(cfg->tls_ticket_lifetime > 0 ? cfg->tls_ticket_lifetime : 3600) < 0) {
+    if (connlimit_init() < 0 || tls_tickets_share() < 0) {
         log_msg(LL_ERROR, "cannot map the memory the workers share: %s", strerror(errno));
         return 1;
     }
@@ -551,8 +558,7 @@ int master_run(config_t *c, char **argv)
             cfg->workers == 1 ? "" : "s");
     start_generation(cfg, fds, gen);
 
-    uint64_t rotate_every = (uint64_t)((cfg->tls_ticket_lifetime > 0 ? cfg->tls_ticket_lifetime : 3600) * 1000);
-    uint64_t next_rotation = now_ms() + rotate_every;
+    uint64_t next_rotation = now_ms() + ticket_rotation_ms();
     for (;;) {
         if (state != RUNNING && alive_count(-1) == 0)
             break;
@@ -616,7 +622,7 @@ int master_run(config_t *c, char **argv)
         now = now_ms();
         if (state == RUNNING && now >= next_rotation) {
             tls_tickets_rotate();
-            next_rotation = now + rotate_every;
+            next_rotation = now + ticket_rotation_ms();
         }
         if (kill_deadline && now >= kill_deadline) {
             for (int i = 0; i < CONNLIMIT_SLOTS; i++)

@@ -22,11 +22,16 @@
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 
+#include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #define TLS_IN_MAX (64 * 1024)        /* ciphertext buffered before mbedTLS reads it */
 #define TLS_OUT_MAX (8 * 1024 * 1024) /* ciphertext not yet handed to the socket */
@@ -55,6 +60,7 @@ struct tls_server {
     mbedtls_x509_crt ca;
     mbedtls_ssl_cache_context cache;
     mbedtls_ssl_ticket_context ticket;
+    uint32_t ticket_gen;      /* the shared keys' generation applied to ticket */
     int *ciphers;
     mbedtls_ecp_group_id *curves;
     char alpn_id[16];
@@ -330,6 +336,156 @@ static int *ciphers_default(void)
     return list;
 }
 
+/* ---- session tickets shared by the workers ----
+ *
+ * Every worker has its own tls_server (and mbedTLS ticket context) made
+ * from the same configuration. Their keys come from one place: an area
+ * the master maps shared before the first fork, holds the two current
+ * keys (the active one, and the one before it so that its tickets still
+ * open), and rotates every ticket_lifetime. Before each ticket is written
+ * or parsed, the worker copies new keys into its context when the
+ * generation changed, and marks the active key fresh so that mbedTLS
+ * never rotates on its own. Readers retry while the master writes (a
+ * sequence count, odd while writing). The session-ID cache stays per
+ * worker: tickets are the shared path (every current client offers them). */
+
+#define TICKET_KEY_BYTES 32 /* AES-256-GCM */
+
+typedef struct shared_ticket_keys {
+    uint32_t seq;  /* odd while the master writes */
+    uint32_t gen;  /* bumped at every rotation */
+    uint32_t active;
+    struct {
+        unsigned char name[4];
+        unsigned char key[TICKET_KEY_BYTES];
+    } keys[2];
+} shared_ticket_keys_t;
+
+static shared_ticket_keys_t *shared_keys;
+/* handshake steps run on libuv's thread pool: one ticket operation at a time */
+static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fill_key(int i)
+{
+    if (mbedtls_ctr_drbg_random(&drbg, shared_keys->keys[i].name, 4) != 0 ||
+        mbedtls_ctr_drbg_random(&drbg, shared_keys->keys[i].key, TICKET_KEY_BYTES) != 0)
+        return -1;
+    return 0;
+}
+
+int tls_tickets_share(void)
+{
+    if (shared_keys)
+        return 0;
+    if (tls_global_init() < 0)
+        return -EIO;
+    void *p = mmap(NULL, sizeof *shared_keys, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    shared_keys = p;
+    if (fill_key(0) < 0 || fill_key(1) < 0)
+        return -EIO;
+    shared_keys->gen = 1;
+    return 0;
+}
+
+void tls_tickets_rotate(void)
+{
+    if (!shared_keys)
+        return;
+    uint32_t next = 1 - shared_keys->active;
+    __atomic_add_fetch(&shared_keys->seq, 1, __ATOMIC_SEQ_CST); /* odd: writing */
+    fill_key((int)next);
+    shared_keys->active = next;
+    shared_keys->gen++;
+    __atomic_add_fetch(&shared_keys->seq, 1, __ATOMIC_SEQ_CST);
+}
+
+/* ticket_lock held */
+static void ticket_sync(tls_server_t *s)
+{
+    if (!shared_keys)
+        return;
+    shared_ticket_keys_t snap;
+    uint32_t before, after;
+    do {
+        while ((before = __atomic_load_n(&shared_keys->seq, __ATOMIC_ACQUIRE)) & 1)
+            ;
+        memcpy(&snap, (const void *)shared_keys, sizeof snap);
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        after = __atomic_load_n(&shared_keys->seq, __ATOMIC_ACQUIRE);
+    } while (before != after);
+    if (snap.gen != s->ticket_gen) {
+        for (int i = 0; i < 2; i++) {
+            memcpy(s->ticket.keys[i].name, snap.keys[i].name, 4);
+            mbedtls_cipher_setkey(&s->ticket.keys[i].ctx, snap.keys[i].key, TICKET_KEY_BYTES * 8, MBEDTLS_ENCRYPT);
+        }
+        s->ticket.active = (unsigned char)snap.active;
+        s->ticket_gen = snap.gen;
+    }
+    explicit_bzero(&snap, sizeof snap);
+    /* never stale for mbedTLS's own rotation (ssl_ticket_update_keys) */
+    s->ticket.keys[s->ticket.active].generation_time = (uint32_t)time(NULL);
+}
+
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start, const unsigned char *end,
+                        size_t *tlen, uint32_t *lifetime)
+{
+    tls_server_t *s = p;
+    pthread_mutex_lock(&ticket_lock);
+    ticket_sync(s);
+    int rc = mbedtls_ssl_ticket_write(&s->ticket, session, start, end, tlen, lifetime);
+    pthread_mutex_unlock(&ticket_lock);
+    return rc;
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    tls_server_t *s = p;
+    pthread_mutex_lock(&ticket_lock);
+    ticket_sync(s);
+    int rc = mbedtls_ssl_ticket_parse(&s->ticket, session, buf, len);
+    pthread_mutex_unlock(&ticket_lock);
+    return rc;
+}
+
+/* For tests/test_tls_tickets.c: a ticket for an empty session, issued
+ * by one context and opened by another, as two workers would. */
+int tls_ticket_issue(tls_server_t *s, unsigned char *buf, size_t cap, size_t *len)
+{
+    mbedtls_ssl_session session;
+    mbedtls_ssl_session_init(&session);
+    session.start = time(NULL);
+    uint32_t lifetime;
+    int rc = ticket_write(s, &session, buf, buf + cap, len, &lifetime);
+    mbedtls_ssl_session_free(&session);
+    return rc == 0 ? PT_OK : PT_ERROR;
+}
+
+int tls_ticket_open(tls_server_t *s, unsigned char *buf, size_t len)
+{
+    mbedtls_ssl_session session;
+    mbedtls_ssl_session_init(&session);
+    int rc = ticket_parse(s, &session, buf, len); /* decrypts in place */
+    mbedtls_ssl_session_free(&session);
+    return rc == 0 ? PT_OK : PT_ERROR;
+}
+
+int tls_random(void *buf, size_t len)
+{
+    if (tls_global_init() < 0)
+        return PT_ERROR;
+    return mbedtls_ctr_drbg_random(&drbg, buf, len) == 0 ? PT_OK : PT_ERROR;
+}
+
+void tls_after_fork(void)
+{
+    if (!global_ready)
+        return; /* seeded afresh in this process when first needed */
+    pid_t pid = getpid();
+    mbedtls_ctr_drbg_reseed(&drbg, (const unsigned char *)&pid, sizeof pid);
+}
+
 tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen)
 {
     if (tls_global_init() < 0) {
@@ -385,8 +541,7 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
     /* tickets: two keys, the older replaced every lifetime (rotation) */
     if (mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &drbg, MBEDTLS_CIPHER_AES_256_GCM,
                                  (uint32_t)(c->ticket_lifetime > 0 ? c->ticket_lifetime : 3600)) == 0)
-        mbedtls_ssl_conf_session_tickets_cb(&s->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
-                                            &s->ticket);
+        mbedtls_ssl_conf_session_tickets_cb(&s->conf, ticket_write, ticket_parse, s);
     if (c->verify_client) {
         if (c->client_ca && !regular_file(c->client_ca, "client_ca", err, errlen))
             goto bad;

@@ -98,9 +98,23 @@ const char *tls_peer_verify_error(const tls_conn_t *t); /* its first reason, sta
 
 const char *tls_library_version(void);
 
-/* TEMP until the tickets branch merges */
-int tls_tickets_share(double lifetime_seconds);
+/* ---- processes (master.c, worker.c) ---- */
+
+/* Master, before the first fork: session-ticket keys in memory shared
+ * with the workers, so that a ticket issued by one worker resumes on any
+ * other. 0, or a negative errno. */
+int tls_tickets_share(void);
+/* Master, every tls.ticket_lifetime: a fresh key becomes the one tickets
+ * are issued with; the previous one still opens the tickets it issued. */
 void tls_tickets_rotate(void);
+/* Worker, first thing after the fork: its own random stream (the
+ * generator's state was copied from the master's). */
 void tls_after_fork(void);
+/* Random bytes from the process's generator. */
+int tls_random(void *buf, size_t len);
+/* For the unit tests: a ticket issued by s (for an empty session) into buf,
+ * and opened by s (buf is decrypted in place). PT_OK or PT_ERROR. */
+int tls_ticket_issue(tls_server_t *s, unsigned char *buf, size_t cap, size_t *len);
+int tls_ticket_open(tls_server_t *s, unsigned char *buf, size_t len);
 
 #endif
