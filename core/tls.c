@@ -15,6 +15,8 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/platform_time.h>
+#include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/ssl_cache.h>
 #include <mbedtls/ssl_ciphersuites.h>
@@ -22,11 +24,17 @@
 #include <mbedtls/version.h>
 #include <mbedtls/x509_crt.h>
 
+#include <errno.h>
+#include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 #define TLS_IN_MAX (64 * 1024)        /* ciphertext buffered before mbedTLS reads it */
 #define TLS_OUT_MAX (8 * 1024 * 1024) /* ciphertext not yet handed to the socket */
@@ -40,6 +48,7 @@ static int *default_ciphers;
 
 static mbedtls_ecp_group_id *curves_default(void);
 static int *ciphers_default(void);
+static void tickets_unshare(void);
 
 typedef struct tls_cert {
     char *name;
@@ -55,6 +64,7 @@ struct tls_server {
     mbedtls_x509_crt ca;
     mbedtls_ssl_cache_context cache;
     mbedtls_ssl_ticket_context ticket;
+    uint32_t ticket_gen;      /* the shared keys' generation in ticket (0: none yet); under ticket.mutex */
     int *ciphers;
     mbedtls_ecp_group_id *curves;
     char alpn_id[16];
@@ -108,6 +118,7 @@ void tls_global_free(void)
     mbedtls_entropy_free(&entropy);
     free(default_curves);
     free(default_ciphers);
+    tickets_unshare();
     default_curves = NULL;
     default_ciphers = NULL;
     global_ready = 0;
@@ -123,6 +134,277 @@ static void errtext(int rc, char *out, size_t len, const char *what)
     char e[160];
     mbedtls_strerror(rc, e, sizeof e);
     snprintf(out, len, "%s: %s", what, e);
+}
+
+/* ---- session tickets shared by the workers ----
+ *
+ * Resumption has two paths. The session ID cache (mbedtls_ssl_cache, one
+ * per tls_server) lives in the memory of the process that did the full
+ * handshake: with several workers it is per worker, and a client that
+ * comes back on another worker's connection does a full handshake. Session
+ * tickets are the shared path: the ticket carries the session, encrypted
+ * under a key every worker holds, so any worker resumes it.
+ *
+ * The keys are made and rotated in the master only. tls_tickets_share(),
+ * called once before the workers are forked, maps a small shared area
+ * (MAP_SHARED | MAP_ANONYMOUS, inherited across fork) with two keys, the
+ * active one's index and a generation; tls_tickets_rotate(), on the
+ * master's timer every lifetime, writes a fresh key into the inactive slot
+ * and makes it active. New tickets are written under the active key; the
+ * other one, the previous, still decrypts tickets issued before the last
+ * rotation, and a ticket from two rotations ago finds no key (a full
+ * handshake). Tickets still expire after tls.ticket_lifetime whatever the
+ * key (mbedTLS checks the session's start time on parse).
+ *
+ * Each tls_server keeps mbedTLS's own mbedtls_ssl_ticket_context; the
+ * write and parse callbacks are wrappers that first copy the shared keys
+ * into it when their generation changed, and set the active key's
+ * generation time to now, so that mbedTLS's ssl_ticket_update_keys (run
+ * at the start of every write and parse) never rotates by itself with
+ * keys of its own. The master writes under a seqlock: a reader retries
+ * while the sequence is odd (a write in progress) or changed while it
+ * copied, so no worker applies half a key. Without tls_tickets_share (one
+ * process, the unit tests) the callbacks are mbedTLS's own, unchanged:
+ * each tls_server rotates its own keys every ticket lifetime. */
+
+#define TICKET_KEY_WORDS 8 /* AES-256-GCM: 32 bytes */
+
+typedef struct ticket_shared_key {
+    uint32_t name;                    /* the 4 bytes tickets start with */
+    uint32_t key[TICKET_KEY_WORDS];
+    uint64_t time;                    /* when it was made (seconds) */
+} ticket_shared_key_t;
+
+typedef struct ticket_shared {
+    uint32_t seq;                     /* seqlock: odd while the master writes */
+    uint32_t generation;              /* bumped by each rotation, never 0 */
+    uint32_t active;                  /* the key new tickets are written with */
+    uint32_t lifetime;                /* the rotation interval (seconds), for the record */
+    ticket_shared_key_t keys[2];
+} ticket_shared_t;
+
+static ticket_shared_t *tickets; /* NULL: each tls_server rotates its own keys */
+
+/* The writer's side (the master). Every field is stored with __atomic
+ * stores, so a reader racing with a rotation reads stale or new words,
+ * never torn ones, and the sequence tells it to retry. */
+static void shared_write_begin(ticket_shared_t *t)
+{
+    uint32_t s = __atomic_load_n(&t->seq, __ATOMIC_RELAXED);
+    for (;;) {
+        if (!(s & 1) && __atomic_compare_exchange_n(&t->seq, &s, s + 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            break;
+        if (s & 1) {
+            sched_yield();
+            s = __atomic_load_n(&t->seq, __ATOMIC_RELAXED);
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* seq odd before any data store */
+}
+
+static void shared_write_end(ticket_shared_t *t)
+{
+    __atomic_fetch_add(&t->seq, 1, __ATOMIC_RELEASE);
+}
+
+/* A fresh key from the DRBG, drawn before the write section. */
+static int fresh_key(ticket_shared_key_t *k)
+{
+    uint32_t r[1 + TICKET_KEY_WORDS];
+    if (mbedtls_ctr_drbg_random(&drbg, (unsigned char *)r, sizeof r) != 0)
+        return -1;
+    k->name = r[0];
+    memcpy(k->key, r + 1, sizeof k->key);
+    k->time = (uint64_t)mbedtls_time(NULL);
+    mbedtls_platform_zeroize(r, sizeof r);
+    return 0;
+}
+
+/* Slot i = k (inside shared_write_begin/end). */
+static void shared_store_key(ticket_shared_t *t, unsigned i, const ticket_shared_key_t *k)
+{
+    __atomic_store_n(&t->keys[i].name, k->name, __ATOMIC_RELAXED);
+    for (int w = 0; w < TICKET_KEY_WORDS; w++)
+        __atomic_store_n(&t->keys[i].key[w], k->key[w], __ATOMIC_RELAXED);
+    __atomic_store_n(&t->keys[i].time, k->time, __ATOMIC_RELAXED);
+}
+
+int tls_tickets_share(double lifetime_seconds)
+{
+    if (tickets)
+        return 0;
+    if (tls_global_init() < 0)
+        return -EIO;
+    /* slot 1 gets a key too: never written with, it only makes sure that
+     * no slot holds a predictable key before the first rotation */
+    ticket_shared_key_t k[2];
+    if (fresh_key(&k[0]) < 0 || fresh_key(&k[1]) < 0) {
+        mbedtls_platform_zeroize(k, sizeof k);
+        return -EIO;
+    }
+    void *p = mmap(NULL, sizeof(ticket_shared_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        mbedtls_platform_zeroize(k, sizeof k);
+        return -e;
+    }
+    ticket_shared_t *t = p; /* zero-filled */
+    shared_write_begin(t);
+    shared_store_key(t, 0, &k[0]);
+    shared_store_key(t, 1, &k[1]);
+    __atomic_store_n(&t->active, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->lifetime, (uint32_t)(lifetime_seconds > 0 ? lifetime_seconds : 3600), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->generation, 1, __ATOMIC_RELAXED);
+    shared_write_end(t);
+    mbedtls_platform_zeroize(k, sizeof k);
+    tickets = t;
+    return 0;
+}
+
+void tls_tickets_rotate(void)
+{
+    ticket_shared_t *t = tickets;
+    ticket_shared_key_t k;
+    if (!t || fresh_key(&k) < 0) /* no random bytes: the keys stay, rotated next time */
+        return;
+    shared_write_begin(t);
+    uint32_t next = 1 - __atomic_load_n(&t->active, __ATOMIC_RELAXED);
+    shared_store_key(t, next, &k);
+    __atomic_store_n(&t->active, next, __ATOMIC_RELAXED);
+    uint32_t g = __atomic_load_n(&t->generation, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&t->generation, g ? g : 1, __ATOMIC_RELAXED); /* 0 means "none yet" to a tls_server */
+    shared_write_end(t);
+    mbedtls_platform_zeroize(&k, sizeof k);
+}
+
+static void tickets_unshare(void)
+{
+    if (tickets)
+        munmap(tickets, sizeof *tickets);
+    tickets = NULL;
+}
+
+/* The reader's side: a consistent copy of the area, or -1 if a write
+ * seems stuck (a master killed in the middle of one): then the caller
+ * keeps the keys it has. */
+static int shared_read(const ticket_shared_t *t, ticket_shared_t *copy)
+{
+    for (int tries = 0; tries < 100000; tries++) {
+        uint32_t s1 = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1) {
+            sched_yield();
+            continue;
+        }
+        copy->generation = __atomic_load_n(&t->generation, __ATOMIC_RELAXED);
+        copy->active = __atomic_load_n(&t->active, __ATOMIC_RELAXED);
+        for (int i = 0; i < 2; i++) {
+            copy->keys[i].name = __atomic_load_n(&t->keys[i].name, __ATOMIC_RELAXED);
+            for (int w = 0; w < TICKET_KEY_WORDS; w++)
+                copy->keys[i].key[w] = __atomic_load_n(&t->keys[i].key[w], __ATOMIC_RELAXED);
+            copy->keys[i].time = __atomic_load_n(&t->keys[i].time, __ATOMIC_RELAXED);
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&t->seq, __ATOMIC_RELAXED) == s1 && copy->active < 2)
+            return 0;
+    }
+    return -1;
+}
+
+/* Brings s->ticket in line with the shared keys (their generation
+ * changed) and keeps mbedTLS from rotating: the active key is always
+ * "made now" when mbedTLS looks. Under the ticket context's mutex, which
+ * mbedTLS's write and parse take too (handshakes run on pool threads). */
+static int ticket_sync(tls_server_t *s)
+{
+    mbedtls_ssl_ticket_context *ctx = &s->ticket;
+    int rc = 0;
+#if defined(MBEDTLS_THREADING_C)
+    if ((rc = mbedtls_mutex_lock(&ctx->mutex)) != 0)
+        return rc;
+#endif
+    if (__atomic_load_n(&tickets->generation, __ATOMIC_ACQUIRE) != s->ticket_gen) {
+        ticket_shared_t copy;
+        if (shared_read(tickets, &copy) == 0) {
+            for (int i = 0; i < 2 && rc == 0; i++) {
+                memcpy(ctx->keys[i].name, &copy.keys[i].name, sizeof ctx->keys[i].name);
+                ctx->keys[i].generation_time = (uint32_t)copy.keys[i].time;
+                /* as ssl_ticket.c's ssl_ticket_gen_key: with GCM one
+                 * context set for encryption decrypts as well */
+                rc = mbedtls_cipher_setkey(&ctx->keys[i].ctx, (const unsigned char *)copy.keys[i].key,
+                                           TICKET_KEY_WORDS * 32 /* bits a word */, MBEDTLS_ENCRYPT);
+            }
+            if (rc == 0) {
+                ctx->active = (unsigned char)copy.active;
+                s->ticket_gen = copy.generation;
+            } else { /* no name may match a key half set: no ticket parses until the next try */
+                for (int i = 0; i < 2; i++)
+                    mbedtls_platform_zeroize(ctx->keys[i].name, sizeof ctx->keys[i].name);
+                s->ticket_gen = 0;
+            }
+            mbedtls_platform_zeroize(&copy, sizeof copy);
+        }
+    }
+    ctx->keys[ctx->active].generation_time = (uint32_t)mbedtls_time(NULL);
+#if defined(MBEDTLS_THREADING_C)
+    if (mbedtls_mutex_unlock(&ctx->mutex) != 0)
+        return MBEDTLS_ERR_THREADING_MUTEX_ERROR;
+#endif
+    return rc;
+}
+
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start, const unsigned char *end,
+                        size_t *tlen, uint32_t *lifetime)
+{
+    tls_server_t *s = p;
+    *tlen = 0;
+    if (tickets) {
+        int rc = ticket_sync(s);
+        if (rc != 0)
+            return rc;
+    }
+    return mbedtls_ssl_ticket_write(&s->ticket, session, start, end, tlen, lifetime);
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    tls_server_t *s = p;
+    if (tickets) {
+        int rc = ticket_sync(s);
+        if (rc != 0)
+            return rc;
+    }
+    return mbedtls_ssl_ticket_parse(&s->ticket, session, buf, len);
+}
+
+void tls_after_fork(void)
+{
+    if (!global_ready)
+        return;
+    /* The worker inherited the master's DRBG state: reseed from the
+     * system's entropy, the pid as additional data, so that no two
+     * processes draw the same IVs, nonces or ECDHE keys. */
+    pid_t pid = getpid();
+    int rc = -1;
+#if defined(MBEDTLS_THREADING_C)
+    if (mbedtls_mutex_lock(&drbg.mutex) == 0) {
+#endif
+        rc = mbedtls_ctr_drbg_reseed(&drbg, (const unsigned char *)&pid, sizeof pid);
+        if (rc != 0) { /* no entropy: at least make the stream this process's own */
+            struct {
+                pid_t pid;
+                struct timespec ts;
+            } add = { pid, { 0, 0 } };
+            clock_gettime(CLOCK_MONOTONIC, &add.ts);
+            rc = mbedtls_ctr_drbg_update_ret(&drbg, (const unsigned char *)&add, sizeof add);
+        }
+#if defined(MBEDTLS_THREADING_C)
+        mbedtls_mutex_unlock(&drbg.mutex);
+    }
+#endif
+    if (rc != 0) {
+        fprintf(stderr, "postern: cannot reseed the random generator after fork\n");
+        abort(); /* a worker must never share the master's random stream */
+    }
 }
 
 /* ---- server ---- */
@@ -382,11 +664,13 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
     mbedtls_ssl_conf_sni(&s->conf, on_sni, s);
     mbedtls_ssl_cache_set_max_entries(&s->cache, 1000);
     mbedtls_ssl_conf_session_cache(&s->conf, &s->cache, mbedtls_ssl_cache_get, mbedtls_ssl_cache_set);
-    /* tickets: two keys, the older replaced every lifetime (rotation) */
+    /* tickets: two keys, the older replaced every lifetime (rotation);
+     * the keys are the master's when tls_tickets_share was called (see
+     * "session tickets shared by the workers" above). The lifetime is the
+     * tickets' own: mbedTLS refuses one whose session started longer ago. */
     if (mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &drbg, MBEDTLS_CIPHER_AES_256_GCM,
                                  (uint32_t)(c->ticket_lifetime > 0 ? c->ticket_lifetime : 3600)) == 0)
-        mbedtls_ssl_conf_session_tickets_cb(&s->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
-                                            &s->ticket);
+        mbedtls_ssl_conf_session_tickets_cb(&s->conf, ticket_write, ticket_parse, s);
     if (c->verify_client) {
         if (c->client_ca && !regular_file(c->client_ca, "client_ca", err, errlen))
             goto bad;

@@ -37,6 +37,24 @@ typedef struct tls_server_conf {
 int tls_global_init(void);
 void tls_global_free(void);
 
+/* Master and workers. The session ID cache is per process (per worker);
+ * session tickets are the shared path: any worker resumes a ticket that
+ * another issued, with keys made and rotated by the master only.
+ *
+ * tls_tickets_share: once, in the master, before the first fork (before or
+ * after the configuration's tls_server_new, either works): maps the shared
+ * ticket keys and makes the first one. Returns 0 or a negative errno.
+ * Without it every tls_server makes and rotates its own keys (one process).
+ * tls_tickets_rotate: in the master, on a timer every lifetime_seconds
+ * (tls.ticket_lifetime): a new key for new tickets; tickets under the
+ * previous key still resume, older ones do not. No-op without sharing.
+ * tls_after_fork: in each worker at once after fork, before any TLS:
+ * reseeds the random generator it inherited (aborts if it cannot). No
+ * handshake may be running on another thread of the master at fork. */
+int tls_tickets_share(double lifetime_seconds);
+void tls_tickets_rotate(void);
+void tls_after_fork(void);
+
 tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen);
 void tls_server_ref(tls_server_t *s);
 void tls_server_unref(tls_server_t *s);
