@@ -540,7 +540,7 @@ int master_run(config_t *c, char **argv)
         unsetenv("POSTERN_LISTEN_FDS");
     }
     fds = xcalloc((size_t)cfg->nlisten + 1, sizeof *fds);
-    if (connlimit_init() < 0 || tls_tickets_share() < 0) {
+    if (connlimit_init() < 0 || tls_tickets_share(cfg->tls_ticket_lifetime) < 0) {
         log_msg(LL_ERROR, "cannot map the memory the workers share: %s", strerror(errno));
         return 1;
     }

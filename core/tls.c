@@ -15,6 +15,8 @@
 #include <mbedtls/oid.h>
 #include <mbedtls/pem.h>
 #include <mbedtls/pk.h>
+#include <mbedtls/platform_time.h>
+#include <mbedtls/platform_util.h>
 #include <mbedtls/ssl.h>
 #include <mbedtls/ssl_cache.h>
 #include <mbedtls/ssl_ciphersuites.h>
@@ -23,7 +25,8 @@
 #include <mbedtls/x509_crt.h>
 
 #include <errno.h>
-#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,6 +48,7 @@ static int *default_ciphers;
 
 static mbedtls_ecp_group_id *curves_default(void);
 static int *ciphers_default(void);
+static void tickets_unshare(void);
 
 typedef struct tls_cert {
     char *name;
@@ -60,7 +64,7 @@ struct tls_server {
     mbedtls_x509_crt ca;
     mbedtls_ssl_cache_context cache;
     mbedtls_ssl_ticket_context ticket;
-    uint32_t ticket_gen;      /* the shared keys' generation applied to ticket */
+    uint32_t ticket_gen;      /* the shared keys' generation in ticket (0: none yet); under ticket.mutex */
     int *ciphers;
     mbedtls_ecp_group_id *curves;
     char alpn_id[16];
@@ -114,6 +118,7 @@ void tls_global_free(void)
     mbedtls_entropy_free(&entropy);
     free(default_curves);
     free(default_ciphers);
+    tickets_unshare();
     default_curves = NULL;
     default_ciphers = NULL;
     global_ready = 0;
@@ -129,6 +134,277 @@ static void errtext(int rc, char *out, size_t len, const char *what)
     char e[160];
     mbedtls_strerror(rc, e, sizeof e);
     snprintf(out, len, "%s: %s", what, e);
+}
+
+/* ---- session tickets shared by the workers ----
+ *
+ * Resumption has two paths. The session ID cache (mbedtls_ssl_cache, one
+ * per tls_server) lives in the memory of the process that did the full
+ * handshake: with several workers it is per worker, and a client that
+ * comes back on another worker's connection does a full handshake. Session
+ * tickets are the shared path: the ticket carries the session, encrypted
+ * under a key every worker holds, so any worker resumes it.
+ *
+ * The keys are made and rotated in the master only. tls_tickets_share(),
+ * called once before the workers are forked, maps a small shared area
+ * (MAP_SHARED | MAP_ANONYMOUS, inherited across fork) with two keys, the
+ * active one's index and a generation; tls_tickets_rotate(), on the
+ * master's timer every lifetime, writes a fresh key into the inactive slot
+ * and makes it active. New tickets are written under the active key; the
+ * other one, the previous, still decrypts tickets issued before the last
+ * rotation, and a ticket from two rotations ago finds no key (a full
+ * handshake). Tickets still expire after tls.ticket_lifetime whatever the
+ * key (mbedTLS checks the session's start time on parse).
+ *
+ * Each tls_server keeps mbedTLS's own mbedtls_ssl_ticket_context; the
+ * write and parse callbacks are wrappers that first copy the shared keys
+ * into it when their generation changed, and set the active key's
+ * generation time to now, so that mbedTLS's ssl_ticket_update_keys (run
+ * at the start of every write and parse) never rotates by itself with
+ * keys of its own. The master writes under a seqlock: a reader retries
+ * while the sequence is odd (a write in progress) or changed while it
+ * copied, so no worker applies half a key. Without tls_tickets_share (one
+ * process, the unit tests) the callbacks are mbedTLS's own, unchanged:
+ * each tls_server rotates its own keys every ticket lifetime. */
+
+#define TICKET_KEY_WORDS 8 /* AES-256-GCM: 32 bytes */
+
+typedef struct ticket_shared_key {
+    uint32_t name;                    /* the 4 bytes tickets start with */
+    uint32_t key[TICKET_KEY_WORDS];
+    uint64_t time;                    /* when it was made (seconds) */
+} ticket_shared_key_t;
+
+typedef struct ticket_shared {
+    uint32_t seq;                     /* seqlock: odd while the master writes */
+    uint32_t generation;              /* bumped by each rotation, never 0 */
+    uint32_t active;                  /* the key new tickets are written with */
+    uint32_t lifetime;                /* the rotation interval (seconds), for the record */
+    ticket_shared_key_t keys[2];
+} ticket_shared_t;
+
+static ticket_shared_t *tickets; /* NULL: each tls_server rotates its own keys */
+
+/* The writer's side (the master). Every field is stored with __atomic
+ * stores, so a reader racing with a rotation reads stale or new words,
+ * never torn ones, and the sequence tells it to retry. */
+static void shared_write_begin(ticket_shared_t *t)
+{
+    uint32_t s = __atomic_load_n(&t->seq, __ATOMIC_RELAXED);
+    for (;;) {
+        if (!(s & 1) && __atomic_compare_exchange_n(&t->seq, &s, s + 1, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+            break;
+        if (s & 1) {
+            sched_yield();
+            s = __atomic_load_n(&t->seq, __ATOMIC_RELAXED);
+        }
+    }
+    __atomic_thread_fence(__ATOMIC_RELEASE); /* seq odd before any data store */
+}
+
+static void shared_write_end(ticket_shared_t *t)
+{
+    __atomic_fetch_add(&t->seq, 1, __ATOMIC_RELEASE);
+}
+
+/* A fresh key from the DRBG, drawn before the write section. */
+static int fresh_key(ticket_shared_key_t *k)
+{
+    uint32_t r[1 + TICKET_KEY_WORDS];
+    if (mbedtls_ctr_drbg_random(&drbg, (unsigned char *)r, sizeof r) != 0)
+        return -1;
+    k->name = r[0];
+    memcpy(k->key, r + 1, sizeof k->key);
+    k->time = (uint64_t)mbedtls_time(NULL);
+    mbedtls_platform_zeroize(r, sizeof r);
+    return 0;
+}
+
+/* Slot i = k (inside shared_write_begin/end). */
+static void shared_store_key(ticket_shared_t *t, unsigned i, const ticket_shared_key_t *k)
+{
+    __atomic_store_n(&t->keys[i].name, k->name, __ATOMIC_RELAXED);
+    for (int w = 0; w < TICKET_KEY_WORDS; w++)
+        __atomic_store_n(&t->keys[i].key[w], k->key[w], __ATOMIC_RELAXED);
+    __atomic_store_n(&t->keys[i].time, k->time, __ATOMIC_RELAXED);
+}
+
+int tls_tickets_share(double lifetime_seconds)
+{
+    if (tickets)
+        return 0;
+    if (tls_global_init() < 0)
+        return -EIO;
+    /* slot 1 gets a key too: never written with, it only makes sure that
+     * no slot holds a predictable key before the first rotation */
+    ticket_shared_key_t k[2];
+    if (fresh_key(&k[0]) < 0 || fresh_key(&k[1]) < 0) {
+        mbedtls_platform_zeroize(k, sizeof k);
+        return -EIO;
+    }
+    void *p = mmap(NULL, sizeof(ticket_shared_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        mbedtls_platform_zeroize(k, sizeof k);
+        return -e;
+    }
+    ticket_shared_t *t = p; /* zero-filled */
+    shared_write_begin(t);
+    shared_store_key(t, 0, &k[0]);
+    shared_store_key(t, 1, &k[1]);
+    __atomic_store_n(&t->active, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->lifetime, (uint32_t)(lifetime_seconds > 0 ? lifetime_seconds : 3600), __ATOMIC_RELAXED);
+    __atomic_store_n(&t->generation, 1, __ATOMIC_RELAXED);
+    shared_write_end(t);
+    mbedtls_platform_zeroize(k, sizeof k);
+    tickets = t;
+    return 0;
+}
+
+void tls_tickets_rotate(void)
+{
+    ticket_shared_t *t = tickets;
+    ticket_shared_key_t k;
+    if (!t || fresh_key(&k) < 0) /* no random bytes: the keys stay, rotated next time */
+        return;
+    shared_write_begin(t);
+    uint32_t next = 1 - __atomic_load_n(&t->active, __ATOMIC_RELAXED);
+    shared_store_key(t, next, &k);
+    __atomic_store_n(&t->active, next, __ATOMIC_RELAXED);
+    uint32_t g = __atomic_load_n(&t->generation, __ATOMIC_RELAXED) + 1;
+    __atomic_store_n(&t->generation, g ? g : 1, __ATOMIC_RELAXED); /* 0 means "none yet" to a tls_server */
+    shared_write_end(t);
+    mbedtls_platform_zeroize(&k, sizeof k);
+}
+
+static void tickets_unshare(void)
+{
+    if (tickets)
+        munmap(tickets, sizeof *tickets);
+    tickets = NULL;
+}
+
+/* The reader's side: a consistent copy of the area, or -1 if a write
+ * seems stuck (a master killed in the middle of one): then the caller
+ * keeps the keys it has. */
+static int shared_read(const ticket_shared_t *t, ticket_shared_t *copy)
+{
+    for (int tries = 0; tries < 100000; tries++) {
+        uint32_t s1 = __atomic_load_n(&t->seq, __ATOMIC_ACQUIRE);
+        if (s1 & 1) {
+            sched_yield();
+            continue;
+        }
+        copy->generation = __atomic_load_n(&t->generation, __ATOMIC_RELAXED);
+        copy->active = __atomic_load_n(&t->active, __ATOMIC_RELAXED);
+        for (int i = 0; i < 2; i++) {
+            copy->keys[i].name = __atomic_load_n(&t->keys[i].name, __ATOMIC_RELAXED);
+            for (int w = 0; w < TICKET_KEY_WORDS; w++)
+                copy->keys[i].key[w] = __atomic_load_n(&t->keys[i].key[w], __ATOMIC_RELAXED);
+            copy->keys[i].time = __atomic_load_n(&t->keys[i].time, __ATOMIC_RELAXED);
+        }
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&t->seq, __ATOMIC_RELAXED) == s1 && copy->active < 2)
+            return 0;
+    }
+    return -1;
+}
+
+/* Brings s->ticket in line with the shared keys (their generation
+ * changed) and keeps mbedTLS from rotating: the active key is always
+ * "made now" when mbedTLS looks. Under the ticket context's mutex, which
+ * mbedTLS's write and parse take too (handshakes run on pool threads). */
+static int ticket_sync(tls_server_t *s)
+{
+    mbedtls_ssl_ticket_context *ctx = &s->ticket;
+    int rc = 0;
+#if defined(MBEDTLS_THREADING_C)
+    if ((rc = mbedtls_mutex_lock(&ctx->mutex)) != 0)
+        return rc;
+#endif
+    if (__atomic_load_n(&tickets->generation, __ATOMIC_ACQUIRE) != s->ticket_gen) {
+        ticket_shared_t copy;
+        if (shared_read(tickets, &copy) == 0) {
+            for (int i = 0; i < 2 && rc == 0; i++) {
+                memcpy(ctx->keys[i].name, &copy.keys[i].name, sizeof ctx->keys[i].name);
+                ctx->keys[i].generation_time = (uint32_t)copy.keys[i].time;
+                /* as ssl_ticket.c's ssl_ticket_gen_key: with GCM one
+                 * context set for encryption decrypts as well */
+                rc = mbedtls_cipher_setkey(&ctx->keys[i].ctx, (const unsigned char *)copy.keys[i].key,
+                                           TICKET_KEY_WORDS * 32 /* bits a word */, MBEDTLS_ENCRYPT);
+            }
+            if (rc == 0) {
+                ctx->active = (unsigned char)copy.active;
+                s->ticket_gen = copy.generation;
+            } else { /* no name may match a key half set: no ticket parses until the next try */
+                for (int i = 0; i < 2; i++)
+                    mbedtls_platform_zeroize(ctx->keys[i].name, sizeof ctx->keys[i].name);
+                s->ticket_gen = 0;
+            }
+            mbedtls_platform_zeroize(&copy, sizeof copy);
+        }
+    }
+    ctx->keys[ctx->active].generation_time = (uint32_t)mbedtls_time(NULL);
+#if defined(MBEDTLS_THREADING_C)
+    if (mbedtls_mutex_unlock(&ctx->mutex) != 0)
+        return MBEDTLS_ERR_THREADING_MUTEX_ERROR;
+#endif
+    return rc;
+}
+
+static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start, const unsigned char *end,
+                        size_t *tlen, uint32_t *lifetime)
+{
+    tls_server_t *s = p;
+    *tlen = 0;
+    if (tickets) {
+        int rc = ticket_sync(s);
+        if (rc != 0)
+            return rc;
+    }
+    return mbedtls_ssl_ticket_write(&s->ticket, session, start, end, tlen, lifetime);
+}
+
+static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
+{
+    tls_server_t *s = p;
+    if (tickets) {
+        int rc = ticket_sync(s);
+        if (rc != 0)
+            return rc;
+    }
+    return mbedtls_ssl_ticket_parse(&s->ticket, session, buf, len);
+}
+
+void tls_after_fork(void)
+{
+    if (!global_ready)
+        return;
+    /* The worker inherited the master's DRBG state: reseed from the
+     * system's entropy, the pid as additional data, so that no two
+     * processes draw the same IVs, nonces or ECDHE keys. */
+    pid_t pid = getpid();
+    int rc = -1;
+#if defined(MBEDTLS_THREADING_C)
+    if (mbedtls_mutex_lock(&drbg.mutex) == 0) {
+#endif
+        rc = mbedtls_ctr_drbg_reseed(&drbg, (const unsigned char *)&pid, sizeof pid);
+        if (rc != 0) { /* no entropy: at least make the stream this process's own */
+            struct {
+                pid_t pid;
+                struct timespec ts;
+            } add = { pid, { 0, 0 } };
+            clock_gettime(CLOCK_MONOTONIC, &add.ts);
+            rc = mbedtls_ctr_drbg_update_ret(&drbg, (const unsigned char *)&add, sizeof add);
+        }
+#if defined(MBEDTLS_THREADING_C)
+        mbedtls_mutex_unlock(&drbg.mutex);
+    }
+#endif
+    if (rc != 0) {
+        fprintf(stderr, "postern: cannot reseed the random generator after fork\n");
+        abort(); /* a worker must never share the master's random stream */
+    }
 }
 
 /* ---- server ---- */
@@ -336,156 +612,6 @@ static int *ciphers_default(void)
     return list;
 }
 
-/* ---- session tickets shared by the workers ----
- *
- * Every worker has its own tls_server (and mbedTLS ticket context) made
- * from the same configuration. Their keys come from one place: an area
- * the master maps shared before the first fork, holds the two current
- * keys (the active one, and the one before it so that its tickets still
- * open), and rotates every ticket_lifetime. Before each ticket is written
- * or parsed, the worker copies new keys into its context when the
- * generation changed, and marks the active key fresh so that mbedTLS
- * never rotates on its own. Readers retry while the master writes (a
- * sequence count, odd while writing). The session-ID cache stays per
- * worker: tickets are the shared path (every current client offers them). */
-
-#define TICKET_KEY_BYTES 32 /* AES-256-GCM */
-
-typedef struct shared_ticket_keys {
-    uint32_t seq;  /* odd while the master writes */
-    uint32_t gen;  /* bumped at every rotation */
-    uint32_t active;
-    struct {
-        unsigned char name[4];
-        unsigned char key[TICKET_KEY_BYTES];
-    } keys[2];
-} shared_ticket_keys_t;
-
-static shared_ticket_keys_t *shared_keys;
-/* handshake steps run on libuv's thread pool: one ticket operation at a time */
-static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
-
-static int fill_key(int i)
-{
-    if (mbedtls_ctr_drbg_random(&drbg, shared_keys->keys[i].name, 4) != 0 ||
-        mbedtls_ctr_drbg_random(&drbg, shared_keys->keys[i].key, TICKET_KEY_BYTES) != 0)
-        return -1;
-    return 0;
-}
-
-int tls_tickets_share(void)
-{
-    if (shared_keys)
-        return 0;
-    if (tls_global_init() < 0)
-        return -EIO;
-    void *p = mmap(NULL, sizeof *shared_keys, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED)
-        return -errno;
-    shared_keys = p;
-    if (fill_key(0) < 0 || fill_key(1) < 0)
-        return -EIO;
-    shared_keys->gen = 1;
-    return 0;
-}
-
-void tls_tickets_rotate(void)
-{
-    if (!shared_keys)
-        return;
-    uint32_t next = 1 - shared_keys->active;
-    __atomic_add_fetch(&shared_keys->seq, 1, __ATOMIC_SEQ_CST); /* odd: writing */
-    fill_key((int)next);
-    shared_keys->active = next;
-    shared_keys->gen++;
-    __atomic_add_fetch(&shared_keys->seq, 1, __ATOMIC_SEQ_CST);
-}
-
-/* ticket_lock held */
-static void ticket_sync(tls_server_t *s)
-{
-    if (!shared_keys)
-        return;
-    shared_ticket_keys_t snap;
-    uint32_t before, after;
-    do {
-        while ((before = __atomic_load_n(&shared_keys->seq, __ATOMIC_ACQUIRE)) & 1)
-            ;
-        memcpy(&snap, (const void *)shared_keys, sizeof snap);
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        after = __atomic_load_n(&shared_keys->seq, __ATOMIC_ACQUIRE);
-    } while (before != after);
-    if (snap.gen != s->ticket_gen) {
-        for (int i = 0; i < 2; i++) {
-            memcpy(s->ticket.keys[i].name, snap.keys[i].name, 4);
-            mbedtls_cipher_setkey(&s->ticket.keys[i].ctx, snap.keys[i].key, TICKET_KEY_BYTES * 8, MBEDTLS_ENCRYPT);
-        }
-        s->ticket.active = (unsigned char)snap.active;
-        s->ticket_gen = snap.gen;
-    }
-    explicit_bzero(&snap, sizeof snap);
-    /* never stale for mbedTLS's own rotation (ssl_ticket_update_keys) */
-    s->ticket.keys[s->ticket.active].generation_time = (uint32_t)time(NULL);
-}
-
-static int ticket_write(void *p, const mbedtls_ssl_session *session, unsigned char *start, const unsigned char *end,
-                        size_t *tlen, uint32_t *lifetime)
-{
-    tls_server_t *s = p;
-    pthread_mutex_lock(&ticket_lock);
-    ticket_sync(s);
-    int rc = mbedtls_ssl_ticket_write(&s->ticket, session, start, end, tlen, lifetime);
-    pthread_mutex_unlock(&ticket_lock);
-    return rc;
-}
-
-static int ticket_parse(void *p, mbedtls_ssl_session *session, unsigned char *buf, size_t len)
-{
-    tls_server_t *s = p;
-    pthread_mutex_lock(&ticket_lock);
-    ticket_sync(s);
-    int rc = mbedtls_ssl_ticket_parse(&s->ticket, session, buf, len);
-    pthread_mutex_unlock(&ticket_lock);
-    return rc;
-}
-
-/* For tests/test_tls_tickets.c: a ticket for an empty session, issued
- * by one context and opened by another, as two workers would. */
-int tls_ticket_issue(tls_server_t *s, unsigned char *buf, size_t cap, size_t *len)
-{
-    mbedtls_ssl_session session;
-    mbedtls_ssl_session_init(&session);
-    session.start = time(NULL);
-    uint32_t lifetime;
-    int rc = ticket_write(s, &session, buf, buf + cap, len, &lifetime);
-    mbedtls_ssl_session_free(&session);
-    return rc == 0 ? PT_OK : PT_ERROR;
-}
-
-int tls_ticket_open(tls_server_t *s, unsigned char *buf, size_t len)
-{
-    mbedtls_ssl_session session;
-    mbedtls_ssl_session_init(&session);
-    int rc = ticket_parse(s, &session, buf, len); /* decrypts in place */
-    mbedtls_ssl_session_free(&session);
-    return rc == 0 ? PT_OK : PT_ERROR;
-}
-
-int tls_random(void *buf, size_t len)
-{
-    if (tls_global_init() < 0)
-        return PT_ERROR;
-    return mbedtls_ctr_drbg_random(&drbg, buf, len) == 0 ? PT_OK : PT_ERROR;
-}
-
-void tls_after_fork(void)
-{
-    if (!global_ready)
-        return; /* seeded afresh in this process when first needed */
-    pid_t pid = getpid();
-    mbedtls_ctr_drbg_reseed(&drbg, (const unsigned char *)&pid, sizeof pid);
-}
-
 tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen)
 {
     if (tls_global_init() < 0) {
@@ -538,7 +664,10 @@ tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errle
     mbedtls_ssl_conf_sni(&s->conf, on_sni, s);
     mbedtls_ssl_cache_set_max_entries(&s->cache, 1000);
     mbedtls_ssl_conf_session_cache(&s->conf, &s->cache, mbedtls_ssl_cache_get, mbedtls_ssl_cache_set);
-    /* tickets: two keys, the older replaced every lifetime (rotation) */
+    /* tickets: two keys, the older replaced every lifetime (rotation);
+     * the keys are the master's when tls_tickets_share was called (see
+     * "session tickets shared by the workers" above). The lifetime is the
+     * tickets' own: mbedTLS refuses one whose session started longer ago. */
     if (mbedtls_ssl_ticket_setup(&s->ticket, mbedtls_ctr_drbg_random, &drbg, MBEDTLS_CIPHER_AES_256_GCM,
                                  (uint32_t)(c->ticket_lifetime > 0 ? c->ticket_lifetime : 3600)) == 0)
         mbedtls_ssl_conf_session_tickets_cb(&s->conf, ticket_write, ticket_parse, s);

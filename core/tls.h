@@ -37,6 +37,24 @@ typedef struct tls_server_conf {
 int tls_global_init(void);
 void tls_global_free(void);
 
+/* Master and workers. The session ID cache is per process (per worker);
+ * session tickets are the shared path: any worker resumes a ticket that
+ * another issued, with keys made and rotated by the master only.
+ *
+ * tls_tickets_share: once, in the master, before the first fork (before or
+ * after the configuration's tls_server_new, either works): maps the shared
+ * ticket keys and makes the first one. Returns 0 or a negative errno.
+ * Without it every tls_server makes and rotates its own keys (one process).
+ * tls_tickets_rotate: in the master, on a timer every lifetime_seconds
+ * (tls.ticket_lifetime): a new key for new tickets; tickets under the
+ * previous key still resume, older ones do not. No-op without sharing.
+ * tls_after_fork: in each worker at once after fork, before any TLS:
+ * reseeds the random generator it inherited (aborts if it cannot). No
+ * handshake may be running on another thread of the master at fork. */
+int tls_tickets_share(double lifetime_seconds);
+void tls_tickets_rotate(void);
+void tls_after_fork(void);
+
 tls_server_t *tls_server_new(const tls_server_conf_t *c, char *err, size_t errlen);
 void tls_server_ref(tls_server_t *s);
 void tls_server_unref(tls_server_t *s);
@@ -97,24 +115,5 @@ bool tls_peer_cert_failed(const tls_conn_t *t);
 const char *tls_peer_verify_error(const tls_conn_t *t); /* its first reason, static storage */
 
 const char *tls_library_version(void);
-
-/* ---- processes (master.c, worker.c) ---- */
-
-/* Master, before the first fork: session-ticket keys in memory shared
- * with the workers, so that a ticket issued by one worker resumes on any
- * other. 0, or a negative errno. */
-int tls_tickets_share(void);
-/* Master, every tls.ticket_lifetime: a fresh key becomes the one tickets
- * are issued with; the previous one still opens the tickets it issued. */
-void tls_tickets_rotate(void);
-/* Worker, first thing after the fork: its own random stream (the
- * generator's state was copied from the master's). */
-void tls_after_fork(void);
-/* Random bytes from the process's generator. */
-int tls_random(void *buf, size_t len);
-/* For the unit tests: a ticket issued by s (for an empty session) into buf,
- * and opened by s (buf is decrypted in place). PT_OK or PT_ERROR. */
-int tls_ticket_issue(tls_server_t *s, unsigned char *buf, size_t cap, size_t *len);
-int tls_ticket_open(tls_server_t *s, unsigned char *buf, size_t len);
 
 #endif
