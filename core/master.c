@@ -261,6 +261,10 @@ static void reload_failed(const char *why)
     next_cfg = NULL;
     next_fds = NULL;
     sd_notify_ready();
+    if (reload_again) { /* a HUP that waited: perhaps the file is fixed now */
+        reload_again = false;
+        reload();
+    }
 }
 
 /* Every worker of the new generation accepts: the old ones retire. */
@@ -649,6 +653,9 @@ int master_run(config_t *c, char **argv)
         unlink(pid_oldbin);
     listen_sockets_close_all();
     free(fds);
+    free(next_fds); /* a reload that was under way */
+    if (next_cfg)
+        config_release(next_cfg);
     config_release(cfg);
     pool_drain();
     return 0;
