@@ -190,6 +190,9 @@ static void start_generation(config_t *c, const int *lfds, int g)
 
 /* ---- reload ---- */
 
+static void reload(void);
+static void reload_failed(const char *why);
+
 static int check_policy(config_t *c, char *err, size_t errlen)
 {
     uv_loop_t l;
@@ -233,14 +236,18 @@ static void reload(void)
     next_fds = lfds;
     next_gen = ++last_gen;
     start_generation(next_cfg, next_fds, next_gen);
-    if (alive_count(next_gen) == 0) {
-        log_msg(LL_ERROR, "reload failed, keeping the running configuration: no worker could start");
-        listen_sockets_commit(cfg);
-        config_release(next_cfg);
-        free(next_fds);
-        next_cfg = NULL;
-        next_fds = NULL;
-        sd_notify_ready();
+    if (alive_count(next_gen) == 0)
+        reload_failed("no worker could start");
+}
+
+/* The reload in progress is over (done or failed): a HUP that waited
+ * behind it starts the next one (perhaps the file is fixed now). */
+static void reload_over(void)
+{
+    sd_notify_ready();
+    if (reload_again) {
+        reload_again = false;
+        reload();
     }
 }
 
@@ -260,11 +267,7 @@ static void reload_failed(const char *why)
     free(next_fds);
     next_cfg = NULL;
     next_fds = NULL;
-    sd_notify_ready();
-    if (reload_again) { /* a HUP that waited: perhaps the file is fixed now */
-        reload_again = false;
-        reload();
-    }
+    reload_over();
 }
 
 /* Every worker of the new generation accepts: the old ones retire. */
@@ -283,11 +286,7 @@ static void reload_done(void)
     memset(restarts, 0, sizeof restarts);
     listen_sockets_commit(cfg);
     log_msg(LL_INFO, "reloaded: configuration %s, policy %s", cfg->path, cfg->policy);
-    sd_notify_ready();
-    if (reload_again) {
-        reload_again = false;
-        reload();
-    }
+    reload_over();
 }
 
 /* ---- workers that exit ---- */
